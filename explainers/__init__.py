@@ -1,0 +1,25 @@
+"""Compare how Vision Transformers explain their decisions.
+
+    >>> import explainers
+    >>> maps = explainers.explain(model, images, "rollout", discard_ratio=0.9)   # (B, gh, gw)
+    >>> cap = explainers.capture(model, images, target=None)                    # the one forward/backward
+    >>> maps = explainers.compute(cap, "gae")                                   # milliseconds
+"""
+
+from .capture import Capture, capture
+from .compute import compute, explain
+from .layout import TokenLayout
+from .registry import Explainer, Param, get_explainer, list_explainers, register
+
+__all__ = [
+    "Capture",
+    "Explainer",
+    "Param",
+    "TokenLayout",
+    "capture",
+    "compute",
+    "explain",
+    "get_explainer",
+    "list_explainers",
+    "register",
+]

@@ -1,0 +1,209 @@
+"""Capture: the one forward (and backward) pass every explainer reads from.
+
+``capture(model, images, target)`` runs a timm Vision Transformer once and keeps, for every block
+``l``, the post-softmax attention ``A_l`` ``(B, H, N, N)`` and, when gradients are asked for,
+``∂y_t/∂A_l`` for the target logit ``y_t`` of each image, paired with the same block. Explainers are
+then cheap tensor maths on this object (see :func:`explainers.compute`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from .layout import TokenLayout
+from .recorder import AttentionRecorder
+
+Target = int | Sequence[int] | torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What one pass of the model left behind; everything an explainer may read.
+
+    Attributes:
+        attentions: per block, the post-softmax attention ``(B, H, N, N)``, in block order.
+        gradients: per block, ``∂y_t/∂A_l`` ``(B, H, N, N)`` paired with ``attentions``; ``None`` when the
+            capture was made without gradients.
+        logits: the model's output ``(B, C)``.
+        targets: the class ``t`` explained for each image ``(B,)``.
+        layout: prefix tokens and patch grid.
+    """
+
+    attentions: tuple[torch.Tensor, ...]
+    gradients: tuple[torch.Tensor, ...] | None
+    logits: torch.Tensor
+    targets: torch.Tensor
+    layout: TokenLayout
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.attentions)
+
+    @property
+    def num_heads(self) -> int:
+        return self.attentions[0].shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.logits.device
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """Sizes that bound explainer parameters (``layer < num_layers``, ``head < num_heads``)."""
+        return {"num_layers": self.num_layers, "num_heads": self.num_heads}
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.attentions, *(self.gradients or ()), self.logits, self.targets]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def upto(self, stop: int) -> Capture:
+        """The same capture seen through blocks ``0 .. stop-1`` only (for layer-by-layer views)."""
+        if not 1 <= stop <= self.num_layers:
+            raise ValueError(f"stop must be in 1..{self.num_layers}, got {stop}")
+        grads = None if self.gradients is None else self.gradients[:stop]
+        return replace(self, attentions=self.attentions[:stop], gradients=grads)
+
+    def subset(self, index: int | slice | Sequence[int]) -> Capture:
+        """The capture of some images of the batch (no copy for an int or a slice)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        elif not isinstance(index, slice):
+            index = torch.as_tensor(index, dtype=torch.long, device=self.device)
+
+        def pick(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
+            return None if tensors is None else tuple(t[index] for t in tensors)
+
+        return replace(
+            self,
+            attentions=pick(self.attentions),
+            gradients=pick(self.gradients),
+            logits=self.logits[index],
+            targets=self.targets[index],
+        )
+
+
+def attention_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
+    """The transformer blocks of a timm ViT, or a ``ValueError`` saying why ``model`` is not one."""
+    blocks = getattr(model, "blocks", None)
+    if (
+        not isinstance(model, nn.Module)
+        or blocks is None
+        or len(blocks) == 0
+        or not hasattr(model, "patch_embed")
+        or not all(hasattr(getattr(b, "attn", None), "num_heads") for b in blocks)
+    ):
+        name = type(model).__name__
+        raise ValueError(
+            f"model {name} is not a Vision Transformer with attention blocks: expected a timm ViT "
+            "(model.patch_embed and model.blocks[i].attn), e.g. timm.create_model('deit_tiny_patch16_224')."
+        )
+    return blocks
+
+
+def model_dims(model: nn.Module) -> dict[str, int]:
+    """``num_layers`` and ``num_heads`` of a ViT, read from its blocks."""
+    blocks = attention_blocks(model)
+    return {"num_layers": len(blocks), "num_heads": int(blocks[0].attn.num_heads)}
+
+
+def _check_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    in_chans = model.patch_embed.proj.in_channels if hasattr(model.patch_embed, "proj") else 3
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != in_chans:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(
+            f"images must be a normalised float tensor of shape (B, {in_chans}, H, W); got {shape}. "
+            "Use the model's preprocess and stack the results (add a batch dimension for one image)."
+        )
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point (normalised), got dtype {images.dtype}")
+    param = next(model.parameters(), None)
+    if param is not None:
+        images = images.to(device=param.device, dtype=param.dtype)
+    return images
+
+
+def _check_targets(target: Target, batch_size: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    targets = torch.as_tensor(target, dtype=torch.long, device=device).reshape(-1)
+    if targets.numel() == 1:
+        targets = targets.expand(batch_size)
+    if targets.numel() != batch_size:
+        raise ValueError(f"target must be one class or one per image ({batch_size}), got {targets.numel()}")
+    bad = targets[(targets < 0) | (targets >= num_classes)]
+    if bad.numel():
+        raise ValueError(
+            f"target {bad[0].item()} is outside the model's classes: choose a class in 0..{num_classes - 1}"
+        )
+    return targets
+
+
+def capture(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: Target = None,
+    *,
+    gradients: bool = True,
+    dtype: torch.dtype | None = None,
+) -> Capture:
+    """Run ``model`` once on ``images`` and keep what the explainers need.
+
+    Args:
+        model: a timm Vision Transformer with a class token (any fused-attention setting, any mode).
+        images: normalised ``(B, 3, H, W)`` tensor (moved to the model's device if needed).
+        target: class to explain: one int for all images, one per image, or ``None`` for each image's
+            predicted class.
+        gradients: also compute ``∂y_t/∂A_l`` (needed by gradient methods such as ``grad_rollout``, ``gae``).
+            The backward pass goes from the target logits to the attention maps only; no parameter
+            gradient is computed and ``.grad`` fields are left untouched.
+        dtype: store attention and gradients in this dtype (e.g. ``torch.float16`` to halve the memory of
+            large models); explainers compute in float32 whatever the storage.
+
+    The model is not modified in any way (see :mod:`explainers.recorder`), so this is safe to call from
+    many threads on one shared model.
+    """
+    blocks = attention_blocks(model)
+    images = _check_images(model, images)
+    layout = TokenLayout.from_model(model, tuple(images.shape[-2:]))
+    num_classes = int(getattr(model, "num_classes", 0))
+    if num_classes <= 0:
+        raise ValueError("model has no classifier head (num_classes=0): explainers need class logits.")
+    targets = None if target is None else _check_targets(target, images.shape[0], num_classes, images.device)
+
+    with torch.set_grad_enabled(gradients), AttentionRecorder() as recorder:
+        if gradients:
+            images = images.detach().requires_grad_(True)
+        logits = model(images)
+    attentions = recorder.attentions
+    if len(attentions) != len(blocks):
+        raise ValueError(
+            f"captured {len(attentions)} attention maps for {len(blocks)} blocks: this model's attention "
+            "is computed in a way the capture does not recognise (expected timm's Attention module)."
+        )
+    if attentions[0].shape[-1] != layout.num_tokens:
+        raise ValueError(
+            f"attention covers {attentions[0].shape[-1]} tokens but the layout expects {layout.num_tokens} "
+            f"({layout.num_prefix} prefix + {layout.grid[0]}×{layout.grid[1]} patches)"
+        )
+    if targets is None:
+        targets = logits.detach().argmax(dim=-1)
+
+    store = dtype or attentions[0].dtype
+    grads = None
+    if gradients:
+        score = logits.gather(1, targets[:, None]).sum()  # images are independent: Σ_b y_b,t_b
+        grads = tuple(g.to(store) for g in torch.autograd.grad(score, attentions))
+    return Capture(
+        attentions=tuple(a.detach().to(store) for a in attentions),
+        gradients=grads,
+        logits=logits.detach(),
+        targets=targets,
+        layout=layout,
+    )

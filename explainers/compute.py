@@ -1,0 +1,28 @@
+"""The two ways to get maps: ``explain`` (one call) and ``compute`` (from a cached capture)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .capture import Capture, Target, capture, model_dims
+from .registry import get_explainer
+
+
+def compute(capture: Capture, method: str, **params: Any) -> torch.Tensor:
+    """Maps ``(B, gh, gw)`` of ``method`` from an existing capture: tensor maths only, no forward pass."""
+    return get_explainer(method)(capture, **params)
+
+
+def explain(
+    model: nn.Module, images: torch.Tensor, method: str, target: Target = None, **params: Any
+) -> torch.Tensor:
+    """Maps ``(B, gh, gw)`` of ``method`` for ``images``: ``compute(capture(model, images, target), ...)``.
+
+    Parameters are checked before the model runs; gradients are computed only if the method needs them.
+    """
+    explainer = get_explainer(method)
+    explainer.validate(params, model_dims(model))
+    return explainer(capture(model, images, target, gradients=explainer.needs_gradients), **params)

@@ -1,0 +1,81 @@
+"""Record every self-attention matrix of a forward pass without touching the model.
+
+A :class:`torch.overrides.TorchFunctionMode` sees each torch call made on the current thread.
+It replaces ``F.scaled_dot_product_attention`` (timm's fused path) by the explicit
+``softmax(q kᵀ · scale + mask) v`` and keeps the post-softmax matrix; on the unfused path it keeps the
+output of the attention ``softmax``. The recorded tensors stay in the autograd graph, so
+``∂y/∂A`` is the gradient with respect to the post-softmax attention itself.
+
+Torch function modes are thread-local: no hook is registered, no flag is flipped, nothing is shared,
+so any number of threads may record on one model at once and the model is left exactly as found.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_SOFTMAX_FUNCS = {torch.Tensor.softmax, torch.softmax, F.softmax}
+
+
+def _is_self_attention(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.shape[-1] == t.shape[-2]
+
+
+def _softmax_dim(args: tuple, kwargs: dict) -> int | None:
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    return dim
+
+
+class AttentionRecorder(TorchFunctionMode):
+    """Context manager collecting post-softmax self-attention maps ``(B, H, N, N)`` in call order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attentions: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return self._attention(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if func in _SOFTMAX_FUNCS and _is_self_attention(out) and _softmax_dim(args, kwargs) in (-1, 3):
+            self.attentions.append(out)
+        return out
+
+    def _attention(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> torch.Tensor:
+        """``softmax(q kᵀ · scale + mask) v``, the exact definition of scaled dot-product attention."""
+        if enable_gqa and key.shape[-3] != query.shape[-3]:
+            repeat = query.shape[-3] // key.shape[-3]
+            key = key.repeat_interleave(repeat, dim=-3)
+            value = value.repeat_interleave(repeat, dim=-3)
+        scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+        scores = (query * scale) @ key.transpose(-2, -1)
+        if is_causal:
+            n_q, n_k = scores.shape[-2:]
+            causal = torch.ones(n_q, n_k, dtype=torch.bool, device=scores.device).tril()
+            scores = scores.masked_fill(~causal, float("-inf"))
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            else:
+                scores = scores + attn_mask
+        attn = scores.softmax(dim=-1)
+        if _is_self_attention(attn):
+            self.attentions.append(attn)
+        if dropout_p > 0.0:
+            attn = F.dropout(attn, p=dropout_p)
+        return attn @ value
