@@ -1,9 +1,9 @@
 """Compare how Vision Transformers explain their decisions.
 
-    >>> import explainers
-    >>> maps = explainers.explain(model, images, "rollout", discard_ratio=0.9)   # (B, gh, gw)
-    >>> cap = explainers.capture(model, images, target=None)                    # the one forward/backward
-    >>> maps = explainers.compute(cap, "gae")                                   # milliseconds
+>>> import explainers
+>>> maps = explainers.explain(model, images, "rollout", discard_ratio=0.9)   # (B, gh, gw)
+>>> cap = explainers.capture(model, images, target=None)                    # the one forward/backward
+>>> maps = explainers.compute(cap, "gae")                                   # milliseconds
 """
 
 from .capture import Capture, capture

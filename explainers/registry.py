@@ -60,8 +60,12 @@ class Param:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         low, high = self.bounds(dims)
-        right = ")" if self.high_exclusive else "]"
-        text = f"in [{low}, {high}{right}"
+        if high is None:
+            text = "any number" if low is None else f"≥ {low}"
+        elif low is None:
+            text = f"{'<' if self.high_exclusive else '≤'} {high}"
+        else:
+            text = f"in [{low}, {high}{')' if self.high_exclusive else ']'}"
         if self.negative_index:
             text += f" (or -{high + 1}..-1 counting from the end)"
         return text + (" or None" if self.optional else "")

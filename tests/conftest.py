@@ -4,9 +4,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import timm
+import torch
 
 
 def make_vit(name: str, **kwargs) -> torch.nn.Module:
