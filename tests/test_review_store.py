@@ -32,7 +32,8 @@ def snapshot(author: str = "ann", model: str = "deit_tiny_patch16_224", image_id
         methods=methods,
         params={m: {"head_fusion": "max", "discard_ratio": 0.9} for m in methods},
         maps={m: rng.random((14, 14), dtype=np.float32) for m in methods},
-        scores={m: {"deletion_auc": 0.25, "pointing_game": 1.0} for m in methods},
+        scores={"faithfulness": [{"method": m, "deletion AUC": 0.25, "insertion AUC": 0.5} for m in methods]},
+        charts={"Deletion curves": '{"data": [{"type": "scatter", "y": [1, 0.5, 0.1]}], "layout": {}}'},
     )
 
 
@@ -43,7 +44,7 @@ def test_saved_review_comes_back_identical(tmp_path: Path) -> None:
     got = review.snapshot
     assert review.created_at.endswith("+00:00") and review.comments == ()
     for name in ("author", "notes", "model", "device", "image_id", "image", "state", "target", "target_name",
-                 "methods", "params", "scores"):  # fmt: skip
+                 "methods", "params", "scores", "charts"):  # fmt: skip
         assert getattr(got, name) == getattr(saved, name), name
     assert list(got.maps) == list(saved.maps)
     for name, m in saved.maps.items():
@@ -170,7 +171,7 @@ def test_eight_writer_processes_lose_nothing(tmp_path: Path) -> None:
 
 
 def test_first_schema_version_file_opens_after_upgrade(tmp_path: Path) -> None:
-    """A file written by v1 (no comments table) keeps its rows and gains comments when reopened."""
+    """A file written by v1 (no comments, no charts) keeps its rows and gains both when reopened."""
     path = tmp_path / "reviews.sqlite3"
     old = snapshot(author="early adopter", notes="saved before comments existed")
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
@@ -195,6 +196,7 @@ def test_first_schema_version_file_opens_after_upgrade(tmp_path: Path) -> None:
     review = store.get(summary.id)
     assert review.created_at == "2025-01-01T00:00:00.000+00:00"
     assert review.snapshot.notes == old.notes and review.snapshot.methods == ("rollout", "gae")
+    assert review.snapshot.charts == {}
     np.testing.assert_array_equal(review.snapshot.maps["gae"], old.maps["gae"])
     store.add_comment(summary.id, "bob", "commented after the upgrade")
     assert store.get(summary.id).comments[0].text == "commented after the upgrade"

@@ -51,7 +51,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX reviews_model_image ON reviews (model, image_id)",
     ),
-    # v2: reviewers comment on a saved review; comments go with it when it is deleted.
+    # v2: reviewers comment on a saved review (comments go with it when it is deleted); the charts of
+    # the view are kept with it.
     (
         """CREATE TABLE comments (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,6 +62,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at TEXT NOT NULL
         )""",
         "CREATE INDEX comments_review ON comments (review_id)",
+        "ALTER TABLE reviews ADD COLUMN charts TEXT NOT NULL DEFAULT '{}'",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -107,7 +109,8 @@ class Snapshot:
         methods: explainers shown, in display order.
         params: per method, its parameter values.
         maps: per method, its ``(gh, gw)`` map.
-        scores: per row (a method, or a pair of methods), metric name → value.
+        scores: per table (e.g. ``agreement``, ``faithfulness``), its rows as records (column → value).
+        charts: per title, a Plotly figure as JSON (``fig.to_json()``), as shown in the view.
     """
 
     author: str
@@ -122,7 +125,8 @@ class Snapshot:
     methods: tuple[str, ...]
     params: dict[str, dict[str, Any]]
     maps: dict[str, np.ndarray]
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    scores: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    charts: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.author.strip():
@@ -207,6 +211,7 @@ class ReviewStore:
             "params": json.dumps(snapshot.params),
             "maps": maps_to_bytes(snapshot.maps),
             "scores": json.dumps(snapshot.scores),
+            "charts": json.dumps(snapshot.charts),
         }
         columns = ", ".join(row)
         values = ", ".join(f":{name}" for name in row)
@@ -230,6 +235,7 @@ class ReviewStore:
             params=json.loads(row["params"]),
             maps=maps_from_bytes(row["maps"]),
             scores=json.loads(row["scores"]),
+            charts=json.loads(row["charts"]),
         )
         return Review(row["id"], row["created_at"], snapshot, tuple(Comment(**c) for c in comments))
 
