@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 FUSIONS = {
@@ -16,6 +17,16 @@ FUSIONS = {
 def fuse_heads(attention: torch.Tensor, how: str) -> torch.Tensor:
     """``(B, H, N, N)`` → ``(B, N, N)`` by the mean, max or min over heads, in float32."""
     return FUSIONS[how](attention.float())
+
+
+def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest value (1-based) of each row of ``values`` ``(R, M)``, shape ``(R, 1)``.
+
+    On the CPU NumPy's introselect (``np.partition``) is about ten times faster than ``torch.kthvalue``.
+    """
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.partition(values.numpy(), k - 1, axis=1)[:, k - 1 : k])
+    return values.kthvalue(k, dim=1, keepdim=True).values
 
 
 def discard_lowest(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> torch.Tensor:
@@ -34,7 +45,7 @@ def discard_lowest(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> to
     ranked[:, keep_index, :] = torch.inf
     ranked[:, :, keep_index] = torch.inf
     ranked = ranked.view(batch, -1)
-    threshold = ranked.kthvalue(count, dim=1, keepdim=True).values
+    threshold = kth_smallest(ranked, count)
     below = ranked < threshold
     tied = ranked == threshold
     drop = below | (tied & (tied.cumsum(dim=1) <= count - below.sum(dim=1, keepdim=True)))

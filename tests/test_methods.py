@@ -161,3 +161,11 @@ def test_per_image_targets_equal_separate_runs(deit_tiny, images):
     first = explainers.explain(deit_tiny, images[:1], "grad_rollout", target=3)
     second = explainers.explain(deit_tiny, images[1:], "grad_rollout", target=7)
     torch.testing.assert_close(both, torch.cat([first, second]), rtol=1e-4, atol=1e-7)
+
+
+def test_kth_smallest_agrees_with_torch_kthvalue():
+    from explainers.attention_ops import kth_smallest
+
+    values = torch.randn(5, 1000).round(decimals=1)  # many ties
+    for k in (1, 17, 500, 1000):
+        torch.testing.assert_close(kth_smallest(values, k), values.kthvalue(k, dim=1, keepdim=True).values)
