@@ -1,0 +1,137 @@
+"""The command line on a few images: a valid CSV written row by row, resume, clear errors, explain's files."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from explainers import cli
+from explainers.evaluate import Evaluation
+from tests.test_evaluate import tiny_loaded
+
+METHODS = "rollout,gae"
+FAST = ["--methods", METHODS, "--metrics", "perturbation,localisation,agreement", "--batch-size", "2"]
+
+
+@pytest.fixture(autouse=True)
+def tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every --model loads the same small random ViT (the loader itself is tested in test_models)."""
+    monkeypatch.setattr(cli, "load_model", lambda spec, device, weights: tiny_loaded())
+
+
+def evaluate(out: Path, images: str, *extra: str) -> int:
+    return cli.main(["evaluate", "--images", images, "--out", str(out), *FAST, *extra])
+
+
+def test_evaluate_writes_a_valid_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "deep" / "results.csv"
+    assert evaluate(out, "cluttered:3") == 0
+    frame = pd.read_csv(out)
+    expected = Evaluation(tiny_loaded(), {"rollout": {}, "gae": {}}, metrics=FAST[3].split(",")).columns
+    assert list(frame.columns) == expected
+    assert len(frame) == 6 and not frame.duplicated(["image_id", "method"]).any()
+    assert frame["positive_auc"].between(0, 0.9).all() and frame["mass_inside"].notna().all()
+    captured = capsys.readouterr()
+    assert "Pointing game" in captured.out and "6 rows (3 images)" in captured.out
+    assert "3/3 images" in captured.err
+
+
+def test_a_rerun_resumes_and_an_interrupted_row_is_redone(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    assert evaluate(out, "cluttered:2") == 0
+    first = pd.read_csv(out)
+    assert evaluate(out, "cluttered:4") == 0  # the same first two images, then two more
+    grown = pd.read_csv(out)
+    assert len(grown) == 8 and not grown.duplicated(["image_id", "method"]).any()
+    pd.testing.assert_frame_equal(grown.iloc[:4], first)
+    text = out.read_text()
+    out.write_text(text[: len(text) - 40])  # killed while writing the last row
+    assert evaluate(out, "cluttered:4") == 0
+    again = pd.read_csv(out)
+    assert len(again) == 8 and not again.duplicated(["image_id", "method"]).any()
+    with out.open(newline="") as handle:
+        assert {len(row) for row in csv.reader(handle)} == {len(again.columns)}
+    pd.testing.assert_frame_equal(again.sort_values(["image_id", "method"]).reset_index(drop=True),
+                                  grown.sort_values(["image_id", "method"]).reset_index(drop=True), rtol=1e-5)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "results.csv"
+    assert evaluate(out, "cluttered:1") == 0
+    capsys.readouterr()
+    assert evaluate(out, "cluttered:1", "--baseline", "blur") == 2
+    assert "other settings" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--images", "cluttered:1", "--out", str(out), "--methods", "rollout"]) == 2
+    assert "other columns" in capsys.readouterr().err
+
+
+def test_unreadable_images_are_skipped_and_listed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, value in (("a.png", 0), ("b.png", 255)):
+        Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(folder / name)
+    (folder / "c.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    out = tmp_path / "results.csv"
+    assert evaluate(out, str(folder)) == 0
+    assert sorted(pd.read_csv(out)["image_id"].unique()) == ["a.png", "b.png"]
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable file(s)" in err and "c.jpg" in err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--images", "no/such/folder"], "does not exist"),
+        (["--images", "cluttered:0"], "cluttered:N"),
+        (["--methods", "rollout,magic"], "unknown method 'magic'"),
+        (["--param", "rollout.discard_ratio=lots"], "discard_ratio must be float"),
+        (["--param", "rollout.colour=red"], "no parameter 'colour'"),
+        (["--param", "gae.start_layer=1"], "not among --methods"),
+        (["--param", "rollout.discard_ratio=1.5"], "discard_ratio must be in"),
+        (["--metrics", "speed"], "unknown metric"),
+    ],
+)
+def test_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture, arguments: list[str], message: str
+) -> None:
+    base = {"--images": "cluttered:1", "--methods": "rollout"}
+    args = ["evaluate", "--out", str(tmp_path / "r.csv")]
+    for flag, value in base.items():
+        if flag not in arguments:
+            args += [flag, value]
+    assert cli.main(args + arguments) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_bad_model_spec_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.undo()  # the real loader
+    out = tmp_path / "r.csv"
+    arguments = ["evaluate", "--model", "vit_no_such_model", "--images", "cluttered:1", "--out", str(out)]
+    assert cli.main(arguments) == 2
+    assert "neither 'embedded' nor a timm model name" in capsys.readouterr().err
+
+
+def test_explain_writes_overlays_and_raw_maps(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    Image.fromarray(np.full((80, 80, 3), 90, np.uint8)).save(folder / "nested" / "grey.png")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / "black.png")
+    (folder / "bad.png").write_bytes(b"nothing")
+    out = tmp_path / "maps"
+    assert cli.main(["explain", "--images", str(folder), "--methods", METHODS, "--out", str(out)]) == 0
+    index = pd.read_csv(out / "index.csv")
+    assert sorted(index["image_id"].unique()) == ["black.png", "nested/grey.png"]
+    for row in index.itertuples():
+        relevance = np.load(out / row.npy)
+        assert relevance.shape == (8, 8) and np.isfinite(relevance).all()
+        with Image.open(out / row.png) as picture:
+            assert picture.size == (64, 64) and picture.mode == "RGB"
+    assert (out / "nested" / "grey" / "gae.npy").exists()
+    assert "bad.png" in capsys.readouterr().err
