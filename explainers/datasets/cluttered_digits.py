@@ -116,13 +116,14 @@ def _one_image(
 
 
 def cluttered_digits(
-    n: int, seed: int, split: Split = "test", size: int = 64, n_clutter: int = 6
+    n: int, seed: int, split: Split = "test", size: int = 64, n_clutter: int = 4
 ) -> ClutteredDigits:
     """``n`` cluttered digits on ``size``×``size`` canvases; the same arguments give the same images.
 
     Each image holds one source digit of ``split`` at a uniformly random position and up to
     ``n_clutter`` 8×8 fragments of other digits of the same split, placed where none of their pixels
-    touches the target's ink (clutter may lie inside the target's box, never on its strokes).
+    touches the target's ink (clutter may lie inside the target's box, never on its strokes). The
+    defaults follow the 60×60, four-fragment setting of Mnih et al.
     """
     if size < DIGIT_SIZE:
         raise ValueError(f"size must be at least {DIGIT_SIZE}, not {size}")

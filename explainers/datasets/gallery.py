@@ -1,9 +1,8 @@
 """The sample gallery shipped in the repository: held-out cluttered digits with ground truth, and photos.
 
 The digits are ``cluttered_digits(DIGITS, seed=DIGIT_SEED, split="test")`` stored as PNG files, with their
-masks as PNG and their labels and boxes in ``gallery/gallery.json``; rebuild them with
-``python -m explainers.datasets.gallery``. The photographs and their credits are listed in the same JSON
-and in ``gallery/CREDITS.md``.
+masks as PNG and their labels and boxes in ``gallery/gallery.json``; ``write_digit_gallery()`` rebuilds
+them. The photographs and their credits are listed in the same JSON and in ``gallery/CREDITS.md``.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from explainers.datasets.cluttered_digits import cluttered_digits
 
 GALLERY_DIR = Path(__file__).with_name("gallery")
 INDEX_FILE = "gallery.json"
-# 2041 is the first seed from 2024 up whose 24 labels hold every class at least twice (chosen on labels only).
-DIGITS, DIGIT_SEED = 24, 2041
+# 2024 holds every class at least twice among its 24 labels (checked on labels only, before any model).
+DIGITS, DIGIT_SEED = 24, 2024
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,7 +93,3 @@ def write_digit_gallery(folder: Path = GALLERY_DIR) -> None:
             }
         )
     index.write_text(json.dumps(entries + photos, indent=1) + "\n")
-
-
-if __name__ == "__main__":
-    write_digit_gallery()
