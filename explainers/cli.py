@@ -2,6 +2,7 @@
 
     python -m explainers evaluate --model embedded --images cluttered:500 --out results/eval.csv
     python -m explainers explain --model embedded --images photos/ --methods rollout,gae --out maps/
+    python -m explainers export 12 --out meeting/ --format html,zip
 
 Each ``add_*(subparsers)`` declares its arguments and sets ``run``, the function called with the parsed
 arguments; it returns the exit status. Every ``ValueError`` (bad spec, unknown method, missing folder…)
@@ -41,6 +42,8 @@ from .metrics.perturbation import BASELINES
 from .models import LoadedModel, load_model
 from .registry import Param, get_explainer, list_explainers
 from .render import overlay
+from .reviews.export import FORMATS, write_exports
+from .reviews.store import DB_NAME, ReviewStore, default_path
 
 CLUTTERED = "cluttered:"
 
@@ -85,7 +88,21 @@ def add_explain(subparsers: Any) -> None:
     parser.set_defaults(run=run_explain)
 
 
-SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (add_evaluate, add_explain)
+def add_export(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "export", help="exports of a saved review: PNG grid, scores CSV, HTML report, zip",
+        description="Write the exports of a review saved on the dashboard's review board: OUT/review-ID.png "
+        "(the maps side by side), .csv (the scores), .html (a self-contained report) and .zip (all three).",
+    )
+    parser.add_argument("review_id", type=int, metavar="REVIEW_ID", help="id of the review (see the board)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--format", default=",".join(FORMATS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--db", type=Path, default=None,
+                        help=f"review database (default: $VIT_EXPLAIN_DATA_DIR/{DB_NAME}, ./data without it)")
+    parser.set_defaults(run=run_export)
+
+
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (add_evaluate, add_explain, add_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +293,19 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 INDEX_COLUMNS = ("image_id", "method", "class", "class_name", "probability", "png", "npy")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    path = args.db or default_path()
+    if not path.is_file():
+        raise ValueError(f"no review board at {path}: pass --db, or set VIT_EXPLAIN_DATA_DIR")
+    try:
+        review = ReviewStore(path).get(args.review_id)
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
+    for written in write_exports(review, args.out, [f.strip() for f in args.format.split(",") if f.strip()]):
+        print(written)
+    return 0
 
 
 def _explain_batch(

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import explainers
+from explainers import cli
 from explainers.render import overlay
 from explainers.reviews import Review, ReviewStore, Snapshot
 from explainers.reviews.export import (
@@ -142,3 +143,24 @@ def test_write_exports_writes_only_the_formats_asked(review: Review, tmp_path: P
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in written)
     with pytest.raises(ValueError, match="unknown export format 'pdf'"):
         export_files(review, ["pdf"])
+
+
+def test_cli_exports_a_saved_review(
+    review: Review, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    db = tmp_path / "data" / "reviews.sqlite3"
+    (tmp_path / "data").mkdir()
+    review_id = ReviewStore(db).save(review.snapshot)
+    monkeypatch.setenv("VIT_EXPLAIN_DATA_DIR", str(tmp_path / "data"))  # the default board
+    assert cli.main(["export", str(review_id), "--out", str(tmp_path / "out"), "--format", "png,html"]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == [f"review-{review_id}.html", f"review-{review_id}.png"]
+    assert capsys.readouterr().out.split() == [str(tmp_path / "out" / name) for name in reversed(written)]
+    saved = ReviewStore(db).get(review_id)
+    assert (tmp_path / "out" / f"review-{review_id}.png").read_bytes() == grid_png(saved)
+
+    assert cli.main(["export", "999", "--db", str(db), "--out", str(tmp_path / "none")]) == 2
+    assert "no review #999" in capsys.readouterr().err
+    assert cli.main(["export", "1", "--db", str(tmp_path / "missing.sqlite3"), "--out", str(tmp_path)]) == 2
+    assert "no review board at" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "missing.sqlite3").exists()

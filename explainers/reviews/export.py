@@ -254,10 +254,11 @@ def export_files(review: Review, formats: Iterable[str] = FORMATS) -> dict[str, 
 
 def write_exports(review: Review, out_dir: str | Path, formats: Iterable[str] = FORMATS) -> list[Path]:
     """Write :func:`export_files` into ``out_dir`` (created if needed); returns the paths written."""
+    files = export_files(review, formats)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, data in export_files(review, formats).items():
+    for name, data in files.items():
         (out / name).write_bytes(data)
         paths.append(out / name)
     return paths
