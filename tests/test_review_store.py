@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from explainers.reviews import SCHEMA_VERSION, ReviewStore, Snapshot, default_path
+from explainers.reviews.export import png_bytes
 from explainers.reviews.store import MIGRATIONS, maps_to_bytes, migrate, schema_version
 
 ROWS_PER_WRITER = 5
@@ -25,7 +26,7 @@ def snapshot(author: str = "ann", model: str = "deit_tiny_patch16_224", image_id
         model=model,
         device="cpu",
         image_id=image_id,
-        image=b"\x89PNG fake-but-opaque bytes",
+        image=png_bytes(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)),
         state={"page": "compare", "model": model, "image": image_id, "methods": ",".join(methods)},
         target=281,
         target_name="tabby cat",
@@ -100,6 +101,8 @@ def test_snapshot_refuses_inconsistent_content() -> None:
     with pytest.raises(ValueError, match="author"):
         snapshot(author=" ")
     good = snapshot()
+    with pytest.raises(ValueError, match="PNG"):
+        Snapshot(**{**good.__dict__, "image": b"GIF89a"})
     with pytest.raises(ValueError, match="must be given for the methods"):
         Snapshot(**{**good.__dict__, "methods": ("rollout",)})
     with pytest.raises(ValueError, match=r"\(gh, gw\)"):

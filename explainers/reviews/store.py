@@ -26,6 +26,7 @@ import numpy as np
 DATA_DIR_ENV = "VIT_EXPLAIN_DATA_DIR"
 DB_NAME = "reviews.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: Version ``i + 1`` of the schema is reached by running ``MIGRATIONS[i]`` on version ``i``. Never edit a
 #: released step: append a new one (files in the wild are at every earlier version).
@@ -131,6 +132,8 @@ class Snapshot:
     def __post_init__(self) -> None:
         if not self.author.strip():
             raise ValueError("a review needs an author name")
+        if not self.image.startswith(PNG_SIGNATURE):
+            raise ValueError("the image of a review must be PNG bytes")
         if list(self.maps) != list(self.methods):
             raise ValueError(f"maps {list(self.maps)} must be given for the methods {list(self.methods)}")
         bad = [name for name, m in self.maps.items() if np.ndim(m) != 2]
