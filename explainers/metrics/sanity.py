@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from timm.models import named_apply
 from timm.models.vision_transformer import init_weights_vit_timm
@@ -65,10 +66,13 @@ def cascading_randomisation(
     return {name: torch.stack(rho, dim=1) for name, rho in columns.items()}
 
 
-def fails_sanity(final_rho: torch.Tensor | Sequence[float], threshold: float = SANITY_THRESHOLD) -> bool:
+def fails_sanity(
+    final_rho: torch.Tensor | np.ndarray | Sequence[float], threshold: float = SANITY_THRESHOLD
+) -> bool:
     """Whether a method fails: its mean ρ (over images, NaN left out) with every block random ≥ ``threshold``.
 
     ``final_rho`` holds one ρ per image at ``k = L``: the last column of :func:`cascading_randomisation`,
     or the ``sanity_rho`` column of an evaluation.
     """
-    return bool(torch.as_tensor(final_rho, dtype=torch.float64).nanmean() >= threshold)
+    values = final_rho.detach().cpu().numpy() if isinstance(final_rho, torch.Tensor) else final_rho
+    return bool(np.nanmean(np.asarray(values, dtype=np.float64)) >= threshold)
