@@ -92,9 +92,9 @@ def gini(relevance: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, (flat * weights).sum(-1) / (count * total), 0.0)
 
 
-#: One-number summaries of a ``(B, gh, gw)`` map, by display name (for parameter sweeps).
+#: One-number summaries of a ``(B, gh, gw)`` map, by name (for parameter sweeps).
 MAP_SUMMARIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "normalised entropy": map_entropy,
-    "share of relevance in the top 10% of patches": top_mass,
-    "Gini coefficient": gini,
+    "entropy": map_entropy,
+    "top_mass": top_mass,
+    "gini": gini,
 }
