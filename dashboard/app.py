@@ -1,0 +1,37 @@
+"""Entry point: ``streamlit run dashboard/app.py``. Navigation and the shared sidebar, nothing else.
+
+The pages live in ``views/``, not ``pages/``: Streamlit would treat a ``pages/`` folder as an old-style
+multipage app and could run a page without this script (and its sidebar) around it.
+"""
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `dashboard`
+
+import streamlit as st
+
+from dashboard import sidebar, state
+
+ICONS = {
+    "compare": ":material/compare:",
+    "head_fusion": ":material/view_module:",
+    "distributions": ":material/bar_chart:",
+    "what_if": ":material/tune:",
+}
+
+st.set_page_config(page_title="ViT explainers", page_icon=":material/visibility:", layout="wide")
+pages = {
+    key: st.Page(f"views/{key}.py", title=title, icon=ICONS[key], url_path=key, default=key == "compare")
+    for key, title in state.PAGES.items()
+}
+page = st.navigation(list(pages.values()), position="top")
+key = next(k for k, p in pages.items() if p.url_path == page.url_path)
+if state.first_run() and state.view().page != key:
+    st.switch_page(pages[state.view().page])  # a shared link names its page in the query
+state.commit(replace(state.view(), page=key))
+sidebar.render()
+for kind, message in state.take_notices():
+    (st.error if kind == "error" else st.warning)(message)
+page.run()

@@ -1,0 +1,178 @@
+"""The sidebar shared by every page: model, device, image, target class and display options.
+
+:func:`render` resolves them into the :class:`~dashboard.state.Scene` of this run. Anything that cannot
+be loaded (a model, weights, an image from a link) is reported and replaced by the default, so the
+session always goes on.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import streamlit as st
+
+from dashboard import state, widgets
+from dashboard.state import Scene
+from explainers.images import EXTENSIONS
+from explainers.models import EMBEDDED, available_devices
+
+#: Offered in the model list; any other timm ViT name can be typed in.
+MODEL_CHOICES = (
+    EMBEDDED,
+    "deit_tiny_patch16_224",
+    "deit_small_patch16_224",
+    "deit_base_patch16_224",
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+)
+#: Size limits of uploads (MB): images are also capped in pixels by ``explainers.images``.
+IMAGE_UPLOAD_MB, WEIGHTS_UPLOAD_MB = 25, 400
+
+
+def render() -> Scene:
+    """Draw the sidebar and return the scene it selects (also kept as :func:`state.scene`)."""
+    with st.sidebar:
+        st.title("ViT explainers")
+        model = _model_section()
+        image = _image_section(model)
+        scene = _target_section(model, image)
+        _display_section()
+    return scene
+
+
+def _fall_back(message: str, **defaults: object) -> None:
+    """Report a problem, return to the default for what failed, and rerun with it."""
+    state.notify(message, "error")
+    state.commit(replace(state.view(), **defaults))
+    st.rerun()
+
+
+def _model_section() -> state.LoadedModel:
+    view = state.view()
+    st.subheader("Model")
+    options = list(MODEL_CHOICES) + ([view.model] if view.model not in MODEL_CHOICES else [])
+    spec = widgets.controlled(
+        st.selectbox, "w.model", view.model, label="Architecture", options=options, accept_new_options=True,
+        help="The embedded digit model, or any timm Vision Transformer name (type to add one). "
+        "Without a weights file, timm models need their pretrained weights (from the hub or its cache).",
+    )
+    with st.expander("Weights file", expanded=view.weights is not None):
+        weights = widgets.controlled(
+            st.text_input, "w.weights", view.weights or "", label="Path on the server",
+            placeholder="path/to/weights.safetensors",
+            help="A .safetensors, .pth or .pt state dict of this architecture; empty: its own weights.",
+        ).strip() or None
+        st.file_uploader("…or upload one", type=["safetensors", "pth", "pt"], key="w.weights_upload",
+                         max_upload_size=WEIGHTS_UPLOAD_MB, on_change=_on_weights_upload)
+    devices = available_devices()
+    device = widgets.controlled(st.selectbox, "w.device", view.device if view.device in devices else "cpu",
+                                label="Device", options=devices)
+    state.commit(replace(view, model=spec, weights=weights, device=device))
+    try:
+        with st.spinner(f"Loading {spec} on {device}…"):
+            model = state.get_model(spec, device, weights)
+    except ValueError as error:
+        if (spec, weights, device) == (EMBEDDED, None, "cpu"):
+            st.error(f"The embedded model cannot be loaded: {error}")
+            st.stop()
+        _fall_back(f"{error} Showing the embedded model instead.", model=EMBEDDED, weights=None, device="cpu")
+    st.caption(f"{len(model.class_names)} classes · input {model.data_config['input_size'][1:]} px")
+    return model
+
+
+def _on_weights_upload() -> None:
+    upload = st.session_state.get("w.weights_upload")
+    if upload is None:
+        return
+    try:
+        path = state.store_weights(upload.getvalue(), upload.name)
+    except ValueError as error:
+        state.notify(str(error), "error")
+        return
+    state.commit(replace(state.view(), weights=path))
+
+
+def _image_section(model: state.LoadedModel) -> state.ImageRecord:
+    view = state.view()
+    st.subheader("Image")
+    ref = view.image or state.default_image()
+    gallery = [f"gallery:{item_id}" for item_id in state.gallery()]
+    options = gallery + ([ref] if ref not in gallery else [])
+    ref = widgets.controlled(st.selectbox, "w.image", ref, label="Image", options=options,
+                             format_func=_describe)
+    state.commit(replace(view, image=ref))
+    try:
+        record = state.get_image(ref)
+    except ValueError as error:
+        _fall_back(f"{error} Showing the first gallery image instead.", image=None)
+    if model.spec == EMBEDDED:
+        st.button("New random cluttered digit", on_click=_random_digit, icon=":material/casino:",
+                  width="stretch")
+    st.file_uploader("Upload an image", type=list(EXTENSIONS), key="w.upload",
+                     max_upload_size=IMAGE_UPLOAD_MB, on_change=_on_image_upload,
+                     help="PNG, JPEG, WebP or BMP, up to 40 megapixels.")
+    with st.expander("Gallery"):
+        items = list(state.gallery().values())
+        st.image([item.image for item in items], caption=[item.id for item in items], width=56)
+    return record
+
+
+def _describe(ref: str) -> str:
+    kind, value = state.parse_image_ref(ref)
+    if kind == "gallery":
+        item = state.gallery().get(value)
+        return f"{value} · digit {item.label}" if item is not None and item.label is not None else value
+    return f"random digit, seed {value}" if kind == "digit" else f"uploaded image {value}"
+
+
+def _random_digit() -> None:
+    state.commit(replace(state.view(), image=f"digit:{random.randrange(1_000_000)}", target=None))
+
+
+def _on_image_upload() -> None:
+    upload = st.session_state.get("w.upload")
+    if upload is None:
+        return
+    try:
+        ref = state.store_upload(upload.getvalue())
+    except ValueError as error:
+        state.notify(f"{upload.name}: {error}", "error")
+        return
+    state.commit(replace(state.view(), image=ref, target=None))
+
+
+def _target_section(model: state.LoadedModel, image: state.ImageRecord) -> Scene:
+    view = state.view()
+    view, problems = view.validated(state.dims_of(model))
+    for problem in problems:
+        state.notify(problem)
+    state.commit(view)
+    with st.spinner("Running the model…"):
+        analysis = state.analyse(model, image, view.target)
+    scene = Scene(model, image, analysis)
+    st.subheader("Target class")
+    top = scene.top(5)
+    others = sorted(set(range(len(model.class_names))) - {c for c, _ in top})
+    probability = dict(top)
+    chosen = widgets.controlled(
+        st.selectbox, "w.target", scene.target, label="Explain the class",
+        options=[c for c, _ in top] + others,
+        format_func=lambda c: f"{model.class_names[c]} · {probability[c]:.1%}" if c in probability
+        else model.class_names[c],
+        help="The five most probable classes first; type to find any class by name.",
+    )
+    target = None if chosen == top[0][0] else chosen
+    if target != view.target:
+        state.commit(replace(view, target=target))
+        with st.spinner("Running the model…"):
+            scene = Scene(model, image, state.analyse(model, image, target))
+    state.set_scene(scene)
+    st.caption(", ".join(f"{model.class_names[c]} {p:.0%}" for c, p in top[:3]))
+    return scene
+
+
+def _display_section() -> None:
+    st.subheader("Display")
+    widgets.option_control("opacity")
+    widgets.option_control("colormap")

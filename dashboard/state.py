@@ -1,0 +1,588 @@
+"""Dashboard state: the view kept in the URL, and the cached model, image, capture and maps behind it.
+
+Three layers, each usable on its own by any page (including pages added later):
+
+- :class:`ViewState`: everything that defines what is shown (page, model, device, image, target class,
+  explainers and all their parameters, display options). It round-trips through the URL query
+  (:meth:`ViewState.to_query` / :meth:`ViewState.from_query`) and is validated against the model with
+  the registry's :class:`~explainers.Param` declarations: a bad value becomes a message and a default.
+- Cached resources (``st.cache_resource``, shared by all sessions): models per (spec, device, weights),
+  images per reference, and analyses (the capture of one image) per (spec, device, weights, image
+  content hash, target) with a bounded number of entries. Explainer parameters never reach these keys:
+  changing one is tensor maths on a cached capture.
+- The session: :func:`view` / :func:`commit` (the current view, mirrored into ``st.query_params``),
+  :func:`scene` (model, image and capture resolved by the sidebar for this run), :func:`explainer_params`
+  and :func:`compute_maps`, and :func:`notify` for messages shown at the top of the page.
+
+Typical use in a page::
+
+    from dashboard import state
+    scene, view = state.scene(), state.view()
+    maps = state.compute_maps(view.shown_methods())       # name → (gh, gw) tensor
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+import explainers
+from explainers import Capture, Param, get_explainer, list_explainers
+from explainers.attention_stats import MAP_SUMMARIES
+from explainers.capture import model_dims
+from explainers.datasets.cluttered_digits import cluttered_digits
+from explainers.datasets.gallery import GalleryItem, load_gallery
+from explainers.images import content_hash, read_image
+from explainers.models import EMBEDDED, LoadedModel, load_model
+from explainers.params import LAYER
+from explainers.render import COLORMAPS
+
+#: Environment variable naming the folder where uploads are kept (default ``./data/uploads``).
+DATA_DIR_ENV = "VIT_EXPLAIN_DATA_DIR"
+DEFAULT_DATA_DIR = Path("data") / "uploads"
+#: Page key (as in the URL) → title.
+PAGES: dict[str, str] = {
+    "compare": "Compare",
+    "head_fusion": "Head fusion",
+    "distributions": "Attention distributions",
+    "what_if": "What-if explorer",
+}
+#: Analyses (captures) kept in memory across all sessions.
+CAPTURE_CACHE_ENTRIES = 16
+#: Largest seed of a generated digit.
+MAX_DIGIT_SEED = 2**31 - 1
+
+_VIEW_KEY, _SCENE_KEY, _NOTICES_KEY, _STARTED_KEY = "_view", "_scene", "_notices", "_started"
+_UPLOAD_HASH = re.compile(r"[0-9a-f]{16}")
+_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def _discard_methods() -> tuple[str, ...]:
+    return tuple(m for m in list_explainers() if "discard_ratio" in {p.name for p in get_explainer(m).params})
+
+
+def _preferred(choices: tuple[str, ...], name: str = "rollout") -> str:
+    """``name`` if it is among ``choices`` (the classic method is the natural first view), else the first."""
+    return name if name in choices else choices[0]
+
+
+#: Display and page options, declared like explainer parameters (validated the same way, same widgets).
+OPTIONS: dict[str, Param] = {
+    p.name: p
+    for p in (
+        Param("opacity", float, 0.5, "Opacity of the map over the image.", low=0.0, high=1.0),
+        Param("colormap", str, "inferno", "Colour scale of every map.", choices=tuple(COLORMAPS)),
+        Param("top_percent", int, 10, "Share of the patches compared by the IoU of the top regions.",
+              low=1, high=100),
+        replace(LAYER, help="Layer whose heads are shown one by one."),
+        Param("explore", str, _preferred(tuple(list_explainers())), "Explainer shown on the what-if page.",
+              choices=tuple(list_explainers())),
+        Param("chart", str, "violin", "How the CLS attention distributions are drawn.",
+              choices=("violin", "histogram")),
+        Param("entropy", str, "all", "Entropy of every query token's row, or of the CLS row only.",
+              choices=("all", "cls")),
+        Param("sweep", str, _preferred(_discard_methods()), "Explainer whose discard ratio is swept.",
+              choices=_discard_methods()),
+        Param("summary", str, next(iter(MAP_SUMMARIES)), "Summary of the map plotted against the ratio.",
+              choices=tuple(MAP_SUMMARIES)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """Everything that defines a view; the URL holds exactly this.
+
+    Attributes:
+        page: key of :data:`PAGES`.
+        model: ``"embedded"`` or a timm model name (the architecture of ``weights`` when given).
+        weights: path of a local weight file on the server, or None for the model's own weights.
+        device: "cpu", "cuda" or "mps".
+        image: ``"gallery:<id>"``, ``"digit:<seed>"`` (a generated cluttered digit) or
+            ``"upload:<hash>"`` (an uploaded file kept under its content hash); None: the first gallery image.
+        target: class explained; None: the top prediction.
+        methods: explainers shown side by side; None: all registered ones.
+        params: explainer → parameter → value, only values that differ from the declared defaults.
+        options: :data:`OPTIONS` name → value, only values that differ from the defaults.
+    """
+
+    page: str = "compare"
+    model: str = EMBEDDED
+    weights: str | None = None
+    device: str = "cpu"
+    image: str | None = None
+    target: int | None = None
+    methods: tuple[str, ...] | None = None
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def option(self, name: str) -> Any:
+        """The value of a display or page option (its default unless set)."""
+        return self.options.get(name, OPTIONS[name].default)
+
+    def explainer_params(self, method: str) -> dict[str, Any]:
+        """All parameters of ``method`` as stored (defaults filled in; negative indices not resolved)."""
+        return {**get_explainer(method).defaults(), **self.params.get(method, {})}
+
+    def shown_methods(self) -> list[str]:
+        """The explainers shown side by side, in the order chosen (registry order by default)."""
+        return list_explainers() if self.methods is None else list(self.methods)
+
+    def with_param(self, method: str, name: str, value: Any, dims: Mapping[str, int]) -> ViewState:
+        """This view with one explainer parameter set (dropped from the URL when it equals the default)."""
+        param = {p.name: p for p in get_explainer(method).params}[name]
+        return replace(self, params=_set(self.params, method, _set(self.params.get(method, {}), name,
+                                                                    _differs(param, value, dims))))
+
+    def with_option(self, name: str, value: Any, dims: Mapping[str, int]) -> ViewState:
+        """This view with one option set (dropped from the URL when it equals the default)."""
+        return replace(self, options=_set(self.options, name, _differs(OPTIONS[name], value, dims)))
+
+    def to_query(self) -> dict[str, str]:
+        """URL query parameters; defaults are left out except the page, model, device and image."""
+        query = {"page": self.page, "model": self.model, "device": self.device}
+        if self.weights:
+            query["weights"] = self.weights
+        if self.image:
+            query["image"] = self.image
+        if self.target is not None:
+            query["target"] = str(self.target)
+        if self.methods is not None:
+            query["methods"] = ",".join(self.methods)
+        query.update({name: _format(value) for name, value in self.options.items()})
+        for method, values in self.params.items():
+            query.update({f"{method}.{name}": _format(value) for name, value in values.items()})
+        return query
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> tuple[ViewState, list[str]]:
+        """The view a URL describes, and a message for every value that was ignored (and why).
+
+        Values are parsed and checked against everything known without a model; checks that need the
+        model (layer and head ranges, class count) are done by :meth:`validated`.
+        """
+        problems: list[str] = []
+        fields: dict[str, Any] = {}
+        params: dict[str, dict[str, Any]] = {}
+        options: dict[str, Any] = {}
+        for key, text in query.items():
+            try:
+                if "." in key:
+                    method, name = key.split(".", 1)
+                    params.setdefault(method, {})[name] = _parse_param(method, name, text)
+                elif key in OPTIONS:
+                    options[key] = _parse_value(OPTIONS[key], text)
+                else:
+                    fields[key] = _parse_field(key, text)
+            except ValueError as error:
+                problems.append(f"Link parameter {key}={text!r} ignored: {error}.")
+        return cls(**fields, params=params, options=options), problems
+
+    def validated(self, dims: Mapping[str, int]) -> tuple[ViewState, list[str]]:
+        """This view with every value checked against a model's ``dims`` (``num_layers``, ``num_heads``,
+        ``num_classes``); invalid values are dropped (so their defaults apply), each with a message."""
+        problems: list[str] = []
+        target = self.target
+        if target is not None and target >= dims["num_classes"]:
+            problems.append(f"Target class {target} does not exist in this model (classes 0.."
+                            f"{dims['num_classes'] - 1}); the top prediction is shown instead.")
+            target = None
+        params = {}
+        for method, values in self.params.items():
+            declared = {p.name: p for p in get_explainer(method).params}
+            kept = {name: v for name, v in values.items() if _valid(declared[name], v, dims, problems)}
+            if kept:
+                params[method] = kept
+        options = {name: v for name, v in self.options.items() if _valid(OPTIONS[name], v, dims, problems)}
+        return replace(self, target=target, params=params, options=options), problems
+
+
+def _set(mapping: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of ``mapping`` with ``key`` set, or removed when ``value`` is ``_DEFAULT`` or empty."""
+    out = {k: v for k, v in mapping.items() if k != key}
+    if value is not _DEFAULT and value != {}:
+        out[key] = value
+    return out
+
+
+_DEFAULT = object()
+
+
+def _differs(param: Param, value: Any, dims: Mapping[str, int]) -> Any:
+    """``value`` if it is valid and means something else than the default, else ``_DEFAULT``."""
+    if param.validate(value, dims) == param.validate(param.default, dims):
+        return _DEFAULT
+    return value
+
+
+def _valid(param: Param, value: Any, dims: Mapping[str, int], problems: list[str]) -> bool:
+    try:
+        param.validate(value, dims)
+    except ValueError as error:
+        problems.append(f"Link parameter ignored, the default is used: {error}.")
+        return False
+    return True
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return format(round(value, 6), "g")
+    return str(value)
+
+
+def _parse_value(param: Param, text: str) -> Any:
+    """A URL value as the parameter's type, checked against all its dims-free constraints."""
+    if text.lower() == "none" and param.optional:
+        return None
+    if param.kind is str:
+        value: Any = text
+    else:
+        try:
+            value = param.kind(float(text)) if param.kind is float else int(text)
+        except ValueError:
+            kind = "an integer" if param.kind is int else "a number"
+            raise ValueError(f"{param.name} must be {kind}") from None
+    if param.kind is str or not isinstance(param.high, str):
+        param.validate(value, {})
+    elif value < param.low and not param.negative_index:
+        raise ValueError(f"{param.name} must be at least {param.low}")
+    return value
+
+
+def _parse_param(method: str, name: str, text: str) -> Any:
+    declared = {p.name: p for p in get_explainer(method).params}
+    if name not in declared:
+        raise ValueError(f"{method} has no parameter {name!r}; its parameters are: {', '.join(declared)}")
+    return _parse_value(declared[name], text)
+
+
+def _parse_field(key: str, text: str) -> Any:
+    """The value of one of the view's own fields (page, model, image, ...) from its URL text."""
+    if key == "page":
+        if text not in PAGES:
+            raise ValueError(f"no such page; pages are {', '.join(PAGES)}")
+        return text
+    if key in ("model", "device", "weights"):
+        if not text.strip():
+            raise ValueError(f"{key} is empty")
+        return text.strip()
+    if key == "image":
+        parse_image_ref(text)
+        return text
+    if key == "target":
+        if not text.isdigit():
+            raise ValueError("target must be a class number (0, 1, 2, …)")
+        return int(text)
+    if key == "methods":
+        methods = tuple(m for m in text.split(",") if m)
+        for method in methods:
+            get_explainer(method)
+        return methods
+    raise ValueError("unknown parameter")
+
+
+def parse_image_ref(ref: str) -> tuple[Literal["gallery", "digit", "upload"], str]:
+    """``(kind, value)`` of an image reference, or a ``ValueError`` saying what a valid one looks like."""
+    kind, _, value = ref.partition(":")
+    valid = (
+        (kind == "gallery" and bool(value))
+        or (kind == "digit" and value.isdigit() and int(value) <= MAX_DIGIT_SEED)
+        or (kind == "upload" and _UPLOAD_HASH.fullmatch(value) is not None)
+    )
+    if not valid:
+        raise ValueError("an image is gallery:<id>, digit:<seed> or upload:<16 hex digits>")
+    return kind, value  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------- resources
+
+
+def data_dir() -> Path:
+    """Folder where uploaded images (by content hash) and weight files are kept."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def _file_stamp(weights: str | None) -> tuple[float, int] | None:
+    """Modification time and size of a weight file, so that a changed file is loaded again."""
+    if weights is None:
+        return None
+    try:
+        stat = Path(weights).stat()
+    except OSError:
+        return None
+    return stat.st_mtime, stat.st_size
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _load_model(spec: str, device: str, weights: str | None, stamp: tuple[float, int] | None) -> LoadedModel:
+    return load_model(spec, device, weights)
+
+
+def get_model(spec: str, device: str, weights: str | None) -> LoadedModel:
+    """The model, loaded once per (spec, device, weights file and its version); ``ValueError`` if it fails."""
+    return _load_model(spec, device, weights, _file_stamp(weights))
+
+
+@dataclass(frozen=True, eq=False)
+class ImageRecord:
+    """An image to explain and what is known about it.
+
+    Attributes:
+        ref: its reference (see :attr:`ViewState.image`).
+        image: RGB image as read (original size).
+        sha: content hash of its pixels (the key of its captures).
+        title: a short description for captions.
+        label, box, mask: ground truth where known (box ``x0, y0, x1, y1`` exclusive; mask bool ``(H, W)``).
+    """
+
+    ref: str
+    image: Image.Image
+    sha: str
+    title: str
+    label: int | None = None
+    box: tuple[int, int, int, int] | None = None
+    mask: np.ndarray | None = None
+
+
+@st.cache_resource(show_spinner=False)
+def gallery() -> dict[str, GalleryItem]:
+    """The sample gallery by id, read once per server."""
+    return {item.id: item for item in load_gallery()}
+
+
+def default_image() -> str:
+    return f"gallery:{next(iter(gallery()))}"
+
+
+def _record(ref: str, image: Image.Image, title: str, **truth: Any) -> ImageRecord:
+    pixels = np.asarray(image)
+    sha = content_hash(repr(pixels.shape).encode() + pixels.tobytes())
+    return ImageRecord(ref=ref, image=image, sha=sha, title=title, **truth)
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def get_image(ref: str) -> ImageRecord:
+    """The image a reference names, or a ``ValueError`` saying why it is not available here."""
+    kind, value = parse_image_ref(ref)
+    if kind == "gallery":
+        item = gallery().get(value)
+        if item is None:
+            raise ValueError(f"The gallery has no image {value!r}.")
+        title = f"{item.id} (digit {item.label})" if item.label is not None else item.id
+        return _record(ref, item.image, title, label=item.label, box=item.box, mask=item.mask)
+    if kind == "digit":
+        digits = cluttered_digits(1, seed=int(value), split="test")
+        label = int(digits.labels[0])
+        return _record(ref, Image.fromarray(digits.images[0]), f"random digit {label} (seed {value})",
+                       label=label, box=tuple(int(v) for v in digits.boxes[0]), mask=digits.masks[0])
+    path = data_dir() / value
+    if not path.is_file():
+        raise ValueError(f"The uploaded image {value} is not on this server (uploads are kept in "
+                         f"{data_dir()}).")
+    return _record(ref, read_image(path.read_bytes()), f"uploaded image {value}")
+
+
+def store_upload(data: bytes) -> str:
+    """Check an uploaded image, keep its bytes under their content hash and return its reference."""
+    read_image(data)
+    sha = content_hash(data)
+    path = data_dir() / sha
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return f"upload:{sha}"
+
+
+def store_weights(data: bytes, filename: str) -> str:
+    """Keep an uploaded weight file under its content hash (with its suffix) and return its path."""
+    suffix = Path(filename).suffix.lower()
+    if suffix not in _WEIGHT_SUFFIXES:
+        raise ValueError(f"{filename}: weights must be a {', '.join(_WEIGHT_SUFFIXES)} file.")
+    path = data_dir() / "weights" / f"{content_hash(data)}{suffix}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return str(path)
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """The capture of one image for one target, and the image as the model saw it.
+
+    Attributes:
+        key: what identifies it: spec, device, weights, image content hash, target (a cache key for anything
+            computed from the capture).
+        capture: forward and backward pass (batch of one), with gradients.
+        display: ``uint8 (H, W, 3)``, the preprocessed input, the pixels the maps refer to.
+        box: the ground-truth box carried into ``display`` coordinates, where known.
+        probabilities: softmax of the logits, ``(num_classes,)``.
+        seconds: how long the capture took.
+    """
+
+    key: tuple
+    capture: Capture
+    display: np.ndarray
+    box: tuple[int, int, int, int] | None
+    probabilities: np.ndarray
+    seconds: float
+
+
+def _box_in_view(model: LoadedModel, size: tuple[int, int], box: tuple[int, int, int, int]) -> tuple | None:
+    """The box after the model's preprocessing (resize, crop): a filled box is sent through it."""
+    canvas = Image.new("RGB", size)
+    canvas.paste((255, 255, 255), box)
+    inside = model.to_display(model.preprocess(canvas))[..., 0] > 127
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+@st.cache_resource(max_entries=CAPTURE_CACHE_ENTRIES, show_spinner=False)
+def _analyse(
+    spec: str, device: str, weights: str | None, stamp: Any, sha: str, target: int | None,
+    _model: LoadedModel, _record: ImageRecord,
+) -> Analysis:
+    start = time.perf_counter()
+    tensor = _model.preprocess(_record.image)
+    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target)
+    seconds = time.perf_counter() - start
+    box = None if _record.box is None else _box_in_view(_model, _record.image.size, _record.box)
+    probabilities = capture.logits[0].float().softmax(-1).cpu().numpy()
+    key = (spec, device, weights, stamp, sha, target)
+    return Analysis(key, capture, _model.to_display(tensor), box, probabilities, seconds)
+
+
+def dims_of(model: LoadedModel) -> dict[str, int]:
+    """``num_layers``, ``num_heads`` and ``num_classes`` of a model: the bounds of every parameter."""
+    return {**model_dims(model.model), "num_classes": len(model.class_names)}
+
+
+def analyse(model: LoadedModel, record: ImageRecord, target: int | None) -> Analysis:
+    """The (cached) analysis of ``record`` by ``model`` for ``target`` (None: the top prediction)."""
+    return _analyse(model.spec, model.device, model.weights, _file_stamp(model.weights), record.sha, target,
+                    model, record)
+
+
+# ----------------------------------------------------------------------------------------------- session
+
+
+def view() -> ViewState:
+    """The current view: the session's, or on a session's first run the one its URL describes."""
+    if _VIEW_KEY not in st.session_state:
+        state, problems = ViewState.from_query(st.query_params.to_dict())
+        for problem in problems:
+            notify(problem)
+        commit(state)
+    return st.session_state[_VIEW_KEY]
+
+
+def commit(new: ViewState) -> None:
+    """Make ``new`` the current view and write it into the URL (only if something changed)."""
+    st.session_state[_VIEW_KEY] = new
+    query = new.to_query()
+    if st.query_params.to_dict() != query:
+        st.query_params.from_dict(query)
+
+
+def first_run() -> bool:
+    """True once per session: on the run that opened it (the one that reads the URL's page)."""
+    if _STARTED_KEY in st.session_state:
+        return False
+    st.session_state[_STARTED_KEY] = True
+    return True
+
+
+def link() -> str:
+    """A URL that opens the current view: the app's root with the view as query (the page included).
+
+    Relative (``/?…``) when the browser's URL is unknown, as in tests.
+    """
+    url, page = st.context.url or "", f"/{view().page}"
+    root = url[: -len(page)] if url.endswith(page) else url.rstrip("/")
+    return f"{root}/?{urlencode(view().to_query())}"
+
+
+def notify(message: str, kind: Literal["warning", "error"] = "warning") -> None:
+    """Queue a message for the top of the page (shown once, on this run or the next one)."""
+    st.session_state.setdefault(_NOTICES_KEY, []).append((kind, message))
+
+
+def take_notices() -> list[tuple[str, str]]:
+    """The queued messages, removed from the queue."""
+    return st.session_state.pop(_NOTICES_KEY, [])
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """What this run explains: the loaded model, the image and its analysis for the current target."""
+
+    model: LoadedModel
+    image: ImageRecord
+    analysis: Analysis
+
+    @property
+    def capture(self) -> Capture:
+        return self.analysis.capture
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return dims_of(self.model)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.model.model.patch_embed.patch_size)
+
+    @property
+    def target(self) -> int:
+        return int(self.capture.targets[0])
+
+    def top(self, k: int = 5) -> list[tuple[int, float]]:
+        """The ``k`` most probable classes with their probabilities."""
+        order = np.argsort(-self.analysis.probabilities)[:k]
+        return [(int(c), float(self.analysis.probabilities[c])) for c in order]
+
+    def class_name(self, index: int) -> str:
+        return self.model.class_names[index]
+
+
+def set_scene(scene: Scene) -> None:
+    st.session_state[_SCENE_KEY] = scene
+
+
+def scene() -> Scene:
+    """The scene the sidebar resolved on this run (or the last full run, inside a fragment)."""
+    return st.session_state[_SCENE_KEY]
+
+
+def explainer_params(method: str, **overrides: Any) -> dict[str, Any]:
+    """Validated parameters of ``method`` for the current view and model, with ``overrides`` applied."""
+    values = {**view().explainer_params(method), **overrides}
+    return get_explainer(method).validate(values, scene().dims)
+
+
+def compute_maps(methods: list[str], **overrides: Any) -> dict[str, torch.Tensor]:
+    """``(gh, gw)`` map of each method for the current scene and view (tensor maths on the cached capture).
+
+    ``overrides`` apply to the methods that declare them (e.g. ``head_fusion="max"``).
+    """
+    capture = scene().capture
+    maps = {}
+    for method in methods:
+        declared = {p.name for p in get_explainer(method).params}
+        params = explainer_params(method, **{k: v for k, v in overrides.items() if k in declared})
+        maps[method] = explainers.compute(capture, method, **params)[0]
+    return maps
