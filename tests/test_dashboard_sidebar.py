@@ -1,0 +1,89 @@
+"""The shared sidebar: model, weights, device, image sources and the target class."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from explainers.models import EMBEDDED
+from tests.dashboard_apptest import images, messages, open_app, problems
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIT_EXPLAIN_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_sidebar_offers_models_devices_images_and_top_classes():
+    app = open_app()
+    assert not problems(app)
+    assert app.selectbox(key="w.model").value == EMBEDDED
+    assert "cpu" in app.selectbox(key="w.device").options
+    assert app.selectbox(key="w.image").value.startswith("gallery:")
+    scene = app.session_state["_scene"]
+    target = app.selectbox(key="w.target")
+    top = scene.top(5)
+    assert target.value == top[0][0]
+    assert target.options[:5] == [f"{scene.class_name(c)} · {p:.1%}" for c, p in top]
+    assert len(target.options) == len(scene.model.class_names)  # any class can be chosen
+
+
+def test_choosing_another_class_explains_it():
+    app = open_app()
+    scene = app.session_state["_scene"]
+    other = scene.top(5)[1][0]
+    before = images(app)
+    app.selectbox(key="w.target").set_value(other).run()
+    assert not problems(app)
+    assert app.session_state["_scene"].target == other
+    assert app.query_params["target"] == str(other)
+    assert images(app) != before
+    app.selectbox(key="w.target").set_value(scene.top(5)[0][0]).run()
+    assert "target" not in app.query_params  # the top prediction is the default
+
+
+def test_gallery_choice_and_random_digit():
+    app = open_app()
+    second = app.selectbox(key="w.image").options[1]
+    app.selectbox(key="w.image").select_index(1).run()
+    assert app.query_params["image"] == "gallery:" + second.split(" ")[0]
+    app.button[0].click().run()
+    assert not problems(app)
+    assert app.query_params["image"].startswith("digit:")
+    assert app.session_state["_scene"].image.box is not None
+    assert app.selectbox(key="w.image").value == app.query_params["image"]
+
+
+def test_a_timm_model_whose_weights_cannot_be_downloaded_falls_back(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    app = open_app(model="vit_base_patch16_224")
+    assert not problems(app)
+    assert "cannot be reached" in messages(app) and "Showing the embedded model instead" in messages(app)
+    assert app.session_state["_scene"].model.spec == EMBEDDED
+    assert app.query_params["model"] == EMBEDDED
+    assert app.selectbox(key="w.model").value == EMBEDDED
+
+
+def test_weights_that_do_not_fit_the_architecture(tmp_path):
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, wrong)
+    app = open_app(weights=str(wrong))
+    assert not problems(app)
+    assert "do not fit embedded" in messages(app)
+    assert "weights" not in app.query_params
+    assert app.session_state["_scene"].model.weights is None
+
+
+def test_uploaded_weights_are_kept_and_checked(data_dir):
+    app = open_app()
+    app.file_uploader(key="w.weights_upload").upload("wrong.pt", b"not a state dict").run()
+    assert not problems(app)
+    assert "cannot be loaded safely" in messages(app)
+    assert app.session_state["_scene"].model.weights is None
+    assert len(list((data_dir / "weights").glob("*.pt"))) == 1
+
+
+def test_a_missing_weights_file_from_a_link():
+    app = open_app(weights="/nonexistent/weights.safetensors")
+    assert "does not exist" in messages(app)
+    assert app.session_state["_scene"].model.spec == EMBEDDED
