@@ -69,7 +69,8 @@ def add_evaluate(subparsers: Any) -> None:
         "computed. Rerun with the same --out to resume an interrupted run.",
     )
     _add_common(parser, "a folder of images, or cluttered:N: N held-out cluttered digits with ground truth")
-    parser.add_argument("--out", required=True, type=Path, help="CSV file of results (resumed if it exists)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="CSV file of results, numbers to 7 significant digits (resumed if it exists)")
     parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--baseline", default="black", choices=BASELINES, help="value of removed pixels")
     parser.add_argument("--target", default="predicted", choices=TARGETS, help="class explained")
@@ -258,7 +259,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if handle.tell() == 0:
             writer.writeheader()
         for row in evaluation.run(samples, done):
-            writer.writerow(row)
+            writer.writerow({k: f"{v:.7g}" if isinstance(v, float) else v for k, v in row.items()})
             handle.flush()
             if row["image_id"] not in counted:
                 counted.add(row["image_id"])
