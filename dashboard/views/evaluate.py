@@ -1,0 +1,211 @@
+"""Evaluate: score explainers on a set of images with :mod:`explainers.evaluate` (the loop of the command
+line): perturbation curves, localisation, sanity check and agreement, as Plotly charts, a mean ± std table
+and a CSV download. A run can be stopped at any time and continued later; rows done are kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from dashboard import state, widgets
+from explainers import list_explainers
+from explainers.evaluate import (
+    KEY_COLUMNS,
+    METRICS,
+    TARGETS,
+    Evaluation,
+    Sample,
+    cluttered_samples,
+    curve_means,
+    sanity_means,
+    summary,
+    summary_table,
+    to_sample,
+)
+from explainers.images import EXTENSIONS, content_hash, read_image
+from explainers.metrics.perturbation import BASELINES, CURVES
+from explainers.metrics.sanity import SANITY_THRESHOLD, fails_sanity
+from explainers.models import LoadedModel
+
+ROWS, SIGNATURE, TOTAL, SKIPPED = "ev.rows", "ev.signature", "ev.total", "ev.skipped"
+SOURCES = {"digits": "Generated cluttered digits", "gallery": "Gallery", "uploads": "Uploaded images"}
+METRIC_LABELS = {
+    "perturbation": "Perturbation curves",
+    "localisation": "Localisation (images with ground truth)",
+    "sanity": "Sanity check (cascading randomisation)",
+    "agreement": "Agreement between methods",
+}
+MEASURES = {"probability": "target-class probability", "top1": "top-1 correct"}
+ARROWS = {True: "↑", False: "↓"}
+MAX_DIGITS = 2000
+
+SampleSource = Callable[[list[tuple[str, str]]], list[Sample]]
+
+
+def image_set(model: LoadedModel) -> tuple[SampleSource, str]:
+    """The controls choosing the images; a function building their samples when the run starts."""
+    source = st.radio("Images", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="ev.source")
+    if source == "digits":
+        left, right = st.columns(2)
+        count = int(left.number_input("Number of digits", 1, MAX_DIGITS, 50, key="ev.count"))
+        seed = int(right.number_input("Seed", 0, 2**31 - 1, 0, key="ev.seed"))
+        described = f"{count} held-out digits, seed {seed}"
+        return lambda skipped: list(cluttered_samples(model, count, seed)), described
+    if source == "gallery":
+        items = list(state.gallery().values())
+        known = sum(item.mask is not None for item in items)
+        st.caption(f"{len(items)} images; localisation is scored on the {known} with ground truth.")
+        return lambda skipped: [to_sample(model, i.id, i.image, i.label, i.mask) for i in items], "gallery"
+    files = st.file_uploader("Images to evaluate", type=list(EXTENSIONS), accept_multiple_files=True,
+                             key="ev.uploads", help="PNG, JPEG, WebP or BMP; unreadable files are skipped.")
+
+    def read(skipped: list[tuple[str, str]]) -> list[Sample]:
+        samples = []
+        for upload in files:
+            data = upload.getvalue()
+            try:
+                samples.append(to_sample(model, f"{upload.name}#{content_hash(data)[:8]}", read_image(data)))
+            except ValueError as error:
+                skipped.append((upload.name, str(error)))
+        return samples
+
+    return read, f"{len(files)} uploaded image(s)"
+
+
+def settings(model: LoadedModel) -> Evaluation | None:
+    """Explainers (with their parameters, shared with the other pages) and metric settings."""
+    view = state.view()
+    methods = widgets.controlled(st.multiselect, "ev.methods", view.shown_methods(), label="Explainers",
+                                 options=list_explainers(), format_func=widgets.method_label)
+    state.commit(replace(state.view(), methods=None if methods == list_explainers() else tuple(methods)))
+    if methods:
+        for column, method in zip(st.columns(len(methods)), methods, strict=True):
+            with column.expander(widgets.method_label(method)):
+                widgets.explainer_controls(method)
+    left, middle, right = st.columns(3)
+    metrics = left.multiselect("Metrics", METRICS, default=list(METRICS), format_func=METRIC_LABELS.get,
+                               key="ev.metrics")
+    baseline = middle.selectbox("Removed pixels become", BASELINES, key="ev.baseline",
+                                help="black, the mean colour of the model's training data, or a blurred copy")
+    target = right.selectbox("Class explained", TARGETS, key="ev.target",
+                             help="the model's prediction, or the true label (images with a label only)")
+    left, right = st.columns(2)
+    top = left.slider("Top region for IoU (% of the patches)", 1, 100, 10, key="ev.top")
+    batch = right.select_slider("Batch size", [1, 2, 4, 8, 16, 32, 64], value=32, key="ev.batch")
+    try:
+        return Evaluation(model, {m: state.explainer_params(m) for m in methods}, metrics=metrics,
+                          baseline=baseline, target=target, topk=top / 100, batch_size=batch)
+    except ValueError as error:
+        st.warning(str(error))
+        return None
+
+
+def run(evaluation: Evaluation, samples: list[Sample], done: set[tuple[str, ...]]) -> None:
+    """Evaluate, keeping each row in the session as it comes; a Stop click ends the run between rows."""
+    rows: list[dict] = st.session_state[ROWS]
+    finished = {row["image_id"] for row in rows}
+    st.button("Stop", icon=":material/stop:", help="Rows done so far are kept; Continue picks up from there.")
+    bar = st.progress(len(finished) / max(len(samples), 1), text="Starting…")
+    for row in evaluation.run(samples, done):
+        rows.append(row)
+        finished.add(row["image_id"])
+        bar.progress(len(finished) / len(samples), text=f"{len(finished)} / {len(samples)} images")
+    bar.empty()
+
+
+def results(frame: pd.DataFrame) -> None:
+    st.subheader("Scores (mean ± std over images)")
+    st.dataframe(summary_table(frame))
+    st.download_button("Download every row as CSV", frame.to_csv(index=False), file_name="evaluation.csv",
+                       mime="text/csv", icon=":material/download:")
+    curves = curve_means(frame)
+    if len(curves):
+        st.subheader("Perturbation curves")
+        measure = st.radio("Measure", list(MEASURES), format_func=MEASURES.get, horizontal=True, key="ev.m")
+        titles = {name: f"{curve.label} {ARROWS[curve.higher_is_better]}" for name, curve in CURVES.items()}
+        shown = curves[curves["measure"] == measure].assign(curve=lambda f: f["curve"].map(titles))
+        figure = px.line(shown, x="fraction", y="mean", color="method", facet_col="curve", markers=True,
+                         hover_data={"std": ":.3f", "n": True},
+                         labels={"fraction": "share of patches switched", "mean": measure})
+        figure.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+        st.plotly_chart(figure, width="stretch")
+    sanity = sanity_means(frame)
+    if len(sanity) and (sanity["blocks"] > 0).any():
+        st.subheader("Sanity check: rank correlation with the trained model's map")
+        figure = px.line(sanity, x="blocks", y="mean", color="method", markers=True,
+                         hover_data={"std": ":.3f"},
+                         labels={"blocks": "blocks randomised, from the top", "mean": "Spearman ρ"})
+        figure.add_hline(y=SANITY_THRESHOLD, line_dash="dot", annotation_text="fails above")
+        st.plotly_chart(figure, width="stretch")
+        groups = frame.groupby("method", sort=False)["sanity_rho"]
+        failed = [m for m, rho in groups if fails_sanity(rho.to_numpy())]
+        if failed:
+            st.error(f"Fail the sanity check (mean ρ ≥ {SANITY_THRESHOLD} with every block random): "
+                     + ", ".join(failed))
+        else:
+            st.success("Every method's maps change when the model's weights are randomised.")
+    scores = summary(frame)
+    if len(scores):
+        st.subheader("Scores per method")
+        scores["label"] += " " + scores["higher_is_better"].map(ARROWS)
+        rows = -(-scores["label"].nunique() // 3)
+        figure = px.bar(scores, x="method", y="mean", error_y="std", color="method", facet_col="label",
+                        facet_col_wrap=3, facet_row_spacing=0.4 / rows, height=280 * rows)
+        figure.update_yaxes(matches=None, showticklabels=True)
+        figure.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+        st.plotly_chart(figure, width="stretch")
+    agreement = [c for c in frame.columns if c.startswith("spearman_vs_")]
+    if agreement:
+        st.subheader("Agreement: mean Spearman ρ between methods' maps")
+        matrix = frame.groupby("method", sort=False)[agreement].mean()
+        matrix.columns = [c.removeprefix("spearman_vs_") for c in agreement]
+        matrix = matrix.loc[:, list(matrix.index)].fillna(1.0)
+        st.plotly_chart(px.imshow(matrix, text_auto=".2f", zmin=-1, zmax=1, color_continuous_scale="RdBu"),
+                        width="stretch")
+
+
+def main() -> None:
+    model = state.scene().model
+    st.header("Evaluate explainers")
+    st.caption(f"{model.spec} · every score is computed per image and method, then averaged over the images. "
+               "↑: higher is better, ↓: lower is better.")
+    build, described = image_set(model)
+    evaluation = settings(model)
+    if evaluation is None:
+        return
+    signature = (model.spec, model.device, model.weights, described, tuple(evaluation.columns),
+                 tuple(evaluation.key("", m) for m in evaluation.methods))
+    rows = st.session_state.setdefault(ROWS, [])
+    resumable = bool(rows) and st.session_state.get(SIGNATURE) == signature and (
+        len({r["image_id"] for r in rows}) < st.session_state.get(TOTAL, 0))
+    left, right, _ = st.columns([1, 1, 4])
+    start = left.button("Run", type="primary", icon=":material/play_arrow:")
+    resume = right.button("Continue", icon=":material/resume:", disabled=not resumable)
+    if start or resume:
+        skipped: list[tuple[str, str]] = []
+        with st.spinner("Preparing the images…"):
+            samples = build(skipped)
+        if start:
+            st.session_state[ROWS], st.session_state[SIGNATURE] = [], signature
+        st.session_state[TOTAL], st.session_state[SKIPPED] = len(samples), skipped
+        done = {tuple(row[c] for c in KEY_COLUMNS) for row in st.session_state[ROWS]}
+        run(evaluation, samples, done)
+        st.rerun()  # redraw the buttons for the finished run
+    for name, reason in st.session_state.get(SKIPPED, []):
+        st.warning(f"Skipped {name}: {reason}")
+    rows = st.session_state[ROWS]
+    if not rows:
+        st.info("Choose explainers, metrics and images, then Run.")
+        return
+    images = len({row["image_id"] for row in rows})
+    if images < st.session_state.get(TOTAL, 0):
+        st.warning(f"Stopped after {images} of {st.session_state[TOTAL]} images: the scores cover those; "
+                   "Continue to evaluate the rest.")
+    results(pd.DataFrame(rows))
+
+
+main()
