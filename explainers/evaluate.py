@@ -244,9 +244,9 @@ class Evaluation:
                     yield row
 
     @torch.no_grad()
-    def _scores(self, batch: list[Sample], maps: dict, logits: torch.Tensor, targets: torch.Tensor) -> dict:
-        """column → ``(M, B)`` tensor (or list) of every score that needs no gradient."""
-        model, device = self.loaded.model, logits.device
+    def _scores(self, batch: list[Sample], images: torch.Tensor, cap: Capture, maps: dict) -> dict:
+        """column → ``(M, B)`` tensor, or list of M ``(B,)`` tensors, of every score but the sanity check."""
+        model, logits, targets, device = self.loaded.model, cap.logits, cap.targets, cap.device
         names = list(self.methods)
         stacked = torch.stack([maps[name] for name in names])
         predicted = logits.argmax(dim=-1)
@@ -254,7 +254,6 @@ class Evaluation:
         truth = torch.where(labels >= 0, labels, predicted)
         scores: dict[str, Any] = {}
         if "perturbation" in self.metrics:
-            images = torch.stack([s.image for s in batch])
             curves = perturbation_curves(
                 model, images, stacked, targets, labels=truth, mean=self.loaded.data_config["mean"],
                 std=self.loaded.data_config["std"], baseline=self.baseline, fractions=self.fractions,
@@ -311,7 +310,7 @@ class Evaluation:
             targets = None
         cap, maps = self.explain(model, images, targets)
         logits, targets = cap.logits, cap.targets
-        scores = self._scores(batch, maps, logits, targets)
+        scores = self._scores(batch, images, cap, maps)
         if "sanity" in self.metrics:
             rho = cascading_randomisation(model, images, targets, self.maps, seed=self.seed)
             for k in range(1, self.num_layers + 1):
