@@ -113,8 +113,8 @@ def _image_section(model: state.LoadedModel) -> state.ImageRecord:
                      max_upload_size=IMAGE_UPLOAD_MB, on_change=_on_image_upload,
                      help="PNG, JPEG, WebP or BMP, up to 40 megapixels.")
     with st.expander("Gallery"):
-        items = list(state.gallery().values())
-        st.image([item.image for item in items], caption=[item.id for item in items], width=56)
+        thumbnails = state.gallery_thumbnails()
+        st.image(list(thumbnails.values()), caption=list(thumbnails), width=56)
     return record
 
 

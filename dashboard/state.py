@@ -23,6 +23,7 @@ Typical use in a page::
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import time
@@ -361,6 +362,19 @@ class ImageRecord:
 def gallery() -> dict[str, GalleryItem]:
     """The sample gallery by id, read once per server."""
     return {item.id: item for item in load_gallery()}
+
+
+@st.cache_resource(show_spinner=False)
+def gallery_thumbnails(size: int = 64) -> dict[str, bytes]:
+    """PNG thumbnails (at most ``size`` pixels a side) of the gallery images by id, made once per server."""
+    thumbnails = {}
+    for item_id, item in gallery().items():
+        thumbnail = item.image.copy()
+        thumbnail.thumbnail((size, size))
+        buffer = io.BytesIO()
+        thumbnail.save(buffer, "PNG")
+        thumbnails[item_id] = buffer.getvalue()
+    return thumbnails
 
 
 def default_image() -> str:

@@ -33,8 +33,9 @@ def explore(method: str) -> None:
         timing.success(f"Updated in {elapsed * 1000:.1f} ms from the cached capture, without a forward pass "
                        f"(the capture itself took {scene.analysis.seconds * 1000:.0f} ms).",
                        icon=":material/bolt:")
-        default = explainers.compute(scene.capture, method, **state.explainer_params(
-            method, **get_explainer(method).defaults()))[0]
+        defaults = state.explainer_params(method, **get_explainer(method).defaults())
+        same = params == defaults
+        default = relevance if same else explainers.compute(scene.capture, method, **defaults)[0]
         rho, iou = st.columns(2)
         rho.metric("Spearman ρ with the defaults", f"{spearman(relevance[None], default[None])[0]:.3f}")
         iou.metric("Top-10% IoU with the defaults", f"{top_k_iou(relevance[None], default[None])[0]:.2f}")
