@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
+
+import explainers
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 TIMEOUT_S = 120
@@ -39,3 +42,16 @@ def plotly_specs(app: AppTest) -> list[str]:
 def link(app: AppTest) -> str:
     """The shared link shown on the page."""
     return next(code.value for code in app.main.code if "?" in code.value)
+
+
+def count_captures(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, every forward pass the dashboard makes (``explainers.capture``) appends to the list."""
+    calls: list[int] = []
+    original = explainers.capture
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(explainers, "capture", counting)
+    return calls

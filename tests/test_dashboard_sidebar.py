@@ -1,11 +1,14 @@
 """The shared sidebar: model, weights, device, image sources and the target class."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from dashboard.state import CAPTURE_CACHE_ENTRIES
 from explainers.models import EMBEDDED
-from tests.dashboard_apptest import images, messages, open_app, problems
+from tests.dashboard_apptest import count_captures, images, messages, open_app, problems
 
 
 @pytest.fixture(autouse=True)
@@ -87,3 +90,30 @@ def test_a_missing_weights_file_from_a_link():
     app = open_app(weights="/nonexistent/weights.safetensors")
     assert "does not exist" in messages(app)
     assert app.session_state["_scene"].model.spec == EMBEDDED
+
+
+def test_reruns_reuse_the_model_and_capture_and_leave_nothing_behind(monkeypatch):
+    app = open_app()
+    scene = app.session_state["_scene"]
+    captures = count_captures(monkeypatch)
+    for opacity in (0.1, 0.9, 0.3):
+        app.slider(key="o.opacity").set_value(opacity).run()
+    assert not problems(app) and captures == []
+    again = app.session_state["_scene"]
+    assert again.model is scene.model and again.capture is scene.capture
+    assert open_app().session_state["_scene"].model is scene.model  # one model for every session
+    modules = list(scene.model.model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in modules)
+
+
+def test_the_capture_cache_is_bounded(monkeypatch):
+    app = open_app(image="digit:1")
+    captures = count_captures(monkeypatch)
+    for seed in range(2, CAPTURE_CACHE_ENTRIES + 3):
+        app.session_state["_view"] = replace(app.session_state["_view"], image=f"digit:{seed}")
+        app.run()
+    assert len(captures) == CAPTURE_CACHE_ENTRIES + 1
+    app.session_state["_view"] = replace(app.session_state["_view"], image="digit:1")
+    app.run()
+    assert len(captures) == CAPTURE_CACHE_ENTRIES + 2  # the oldest capture was evicted
+    assert not problems(app)

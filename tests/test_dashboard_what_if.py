@@ -1,8 +1,7 @@
 """What-if page: every parameter of one explainer on a control; maps from the cached capture only."""
 
-import explainers
 from explainers import get_explainer
-from tests.dashboard_apptest import images, open_app, problems
+from tests.dashboard_apptest import count_captures, images, open_app, problems
 
 
 def test_every_parameter_has_a_control_and_the_timing_is_shown():
@@ -18,8 +17,7 @@ def test_every_parameter_has_a_control_and_the_timing_is_shown():
 def test_a_parameter_change_reuses_the_capture_and_never_runs_the_model(monkeypatch):
     app = open_app(page="what_if", explore="rollout")
     scene = app.session_state["_scene"]
-    calls = []
-    monkeypatch.setattr(explainers, "capture", lambda *a, **k: calls.append(a) or explainers.capture(*a, **k))
+    calls = count_captures(monkeypatch)
     forwards = []
     handle = scene.model.model.register_forward_hook(lambda *_: forwards.append(1))
     try:
