@@ -19,6 +19,7 @@ ICONS = {
     "head_fusion": ":material/view_module:",
     "distributions": ":material/bar_chart:",
     "what_if": ":material/tune:",
+    "reviews": ":material/rate_review:",
 }
 
 st.set_page_config(page_title="ViT explainers", page_icon=":material/visibility:", layout="wide")

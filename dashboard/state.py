@@ -58,6 +58,7 @@ PAGES: dict[str, str] = {
     "head_fusion": "Head fusion",
     "distributions": "Attention distributions",
     "what_if": "What-if explorer",
+    "reviews": "Review board",
 }
 #: Analyses (captures) kept in memory across all sessions.
 CAPTURE_CACHE_ENTRIES = 16
@@ -97,6 +98,7 @@ OPTIONS: dict[str, Param] = {
               choices=_discard_methods()),
         Param("summary", str, next(iter(MAP_SUMMARIES)), "Summary of the map plotted against the ratio.",
               choices=tuple(MAP_SUMMARIES)),
+        Param("review", int, None, "Review open on the review board.", low=1, optional=True),
     )
 }
 

@@ -1,0 +1,175 @@
+"""Review board: the saved reviews, filtered; open one to reopen its view, comment, export or delete it."""
+
+from functools import partial
+
+import pandas as pd
+import plotly.io as pio
+import streamlit as st
+
+from dashboard import review_panel, state, widgets
+from explainers.reviews import Review, ReviewStore, ReviewSummary
+from explainers.reviews.export import FORMATS, export_files, method_label, overlays, params_text
+
+ALL = "All"
+#: Filter (a column of the board) → label.
+FILTERS = {"model": "Model", "image_id": "Image", "method": "Method", "author": "Author"}
+MIME = {"png": "image/png", "csv": "text/csv", "html": "text/html", "zip": "application/zip"}
+COLUMNS = 5
+
+
+def filters(board: ReviewStore) -> dict[str, str]:
+    """One select per filter, offering the values present on the board; the filters that are set."""
+    chosen = {}
+    for column, (name, label) in zip(st.columns(len(FILTERS)), FILTERS.items(), strict=True):
+        describe = method_label if name == "method" else str
+        value = column.selectbox(label, [ALL, *board.distinct(name)], key=f"r.filter.{name}",
+                                 format_func=lambda v, describe=describe: v if v == ALL else describe(v))
+        if value != ALL:
+            chosen[name] = value
+    return chosen
+
+
+def when(created_at: str) -> str:
+    """An ISO UTC time to the minute: ``2025-01-31 14:05``."""
+    return created_at[:16].replace("T", " ")
+
+
+def summary_label(summary: ReviewSummary) -> str:
+    return f"#{summary.id} · {summary.target_name} · {summary.author} · {when(summary.created_at)}"
+
+
+def board_table(summaries: list[ReviewSummary]) -> None:
+    rows = [
+        {
+            "#": s.id,
+            "Saved (UTC)": when(s.created_at),
+            "Author": s.author,
+            "Model": s.model,
+            "Image": s.image_id,
+            "Class": f"{s.target} {s.target_name}",
+            "Methods": ", ".join(method_label(m) for m in s.methods),
+            "Comments": s.num_comments,
+            "Notes": s.notes,
+        }
+        for s in summaries
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+def reopen(review: Review) -> None:
+    """Make the review's view the current one (problems with it are reported there) and go to its page."""
+    view, problems = state.ViewState.from_query(review.snapshot.state)
+    for problem in problems:
+        state.notify(problem)
+    state.commit(view)
+    st.switch_page(f"views/{view.page}.py")
+
+
+def maps(review: Review) -> None:
+    snapshot = review.snapshot
+    pictures = [("Image", snapshot.image_id, snapshot.image)]
+    pictures += [
+        (method_label(m), params_text(snapshot.params.get(m, {})), picture)
+        for m, picture in overlays(review).items()
+    ]
+    for start in range(0, len(pictures), COLUMNS):
+        row = pictures[start : start + COLUMNS]
+        for column, (title, caption, picture) in zip(st.columns(COLUMNS), row, strict=False):
+            column.markdown(f"**{title}**")
+            column.image(picture, caption=caption, width="stretch")
+
+
+def comments(board: ReviewStore, review: Review) -> None:
+    st.subheader(f"Comments ({len(review.comments)})")
+    for comment in review.comments:
+        with st.chat_message("user", avatar=":material/person:"):
+            st.markdown(f"**{comment.author}** · {when(comment.created_at)} UTC")
+            st.text(comment.text)
+    with st.form(f"r.comment.{review.id}", clear_on_submit=True):
+        author = st.text_input("Your name", key="r.comment.author")
+        text = st.text_area("Comment", key="r.comment.text")
+        if st.form_submit_button("Add comment", icon=":material/add_comment:"):
+            try:
+                board.add_comment(review.id, author, text)
+            except (ValueError, KeyError) as error:
+                st.error(error.args[0])
+            else:
+                st.rerun()
+
+
+def delete(board: ReviewStore, review: Review) -> None:
+    with st.expander("Delete this review", icon=":material/delete:"):
+        sure = st.checkbox(f"Yes, delete review #{review.id} and its comments for everyone",
+                           key="r.delete.sure")
+        if st.button("Delete", type="primary", disabled=not sure, key="r.delete"):
+            board.delete(review.id)
+            state.commit(state.view().with_option("review", None, state.scene().dims))
+            st.session_state.pop("r.delete.sure", None)
+            st.rerun()
+
+
+def downloads(review: Review) -> None:
+    for column, kind in zip(st.columns(len(FORMATS)), FORMATS, strict=True):
+        name = f"review-{review.id}.{kind}"
+        column.download_button(kind.upper(), data=partial(_export, review, kind), file_name=name,
+                               mime=MIME[kind], icon=":material/download:", key=f"r.download.{kind}",
+                               on_click="ignore", width="stretch")
+
+
+def _export(review: Review, kind: str) -> bytes:
+    return export_files(review, [kind])[f"review-{review.id}.{kind}"]
+
+
+def show(board: ReviewStore, review: Review) -> None:
+    snapshot = review.snapshot
+    st.subheader(f"Review #{review.id}: {snapshot.target_name}")
+    st.caption(f"{snapshot.model} on {snapshot.device} · image {snapshot.image_id} · class {snapshot.target}"
+               f" · saved by {snapshot.author} on {when(review.created_at)} UTC")
+    if st.button("Reopen this view", type="primary", icon=":material/open_in_browser:", key="r.reopen"):
+        reopen(review)
+    if snapshot.notes:
+        st.markdown("**Notes**")
+        st.text(snapshot.notes)
+    maps(review)
+    for name, rows in snapshot.scores.items():
+        st.markdown(f"**{name.capitalize()}**")
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+    for title, figure in snapshot.charts.items():
+        st.plotly_chart(pio.from_json(figure), key=f"r.chart.{title}")
+    st.markdown("**Export**")
+    downloads(review)
+    comments(board, review)
+    delete(board, review)
+
+
+def main() -> None:
+    st.header("Review board")
+    board = review_panel.board()
+    summaries = board.find(**filters(board))
+    if not summaries:
+        st.info("No review matches. Save one from the Compare page with “Save to review board”.")
+        widgets.share_link()
+        return
+    board_table(summaries)
+    view = state.view()
+    ids = [s.id for s in summaries]
+    current = view.option("review")
+    if current not in ids:
+        if current is not None:
+            st.warning(f"Review #{current} is not on this board (deleted, or filtered out): showing the "
+                       "latest one.")
+        current = ids[0]
+    by_id = {s.id: s for s in summaries}
+    chosen = widgets.controlled(st.selectbox, "r.review", current, label="Open review", options=ids,
+                                format_func=lambda i: summary_label(by_id[i]))
+    state.commit(view.with_option("review", chosen, state.scene().dims))
+    try:
+        review = board.get(chosen)
+    except KeyError as error:  # deleted by someone else since the list was read
+        st.warning(error.args[0])
+    else:
+        show(board, review)
+    widgets.share_link()
+
+
+main()
