@@ -5,7 +5,7 @@ from dataclasses import replace
 import streamlit as st
 import torch
 
-from dashboard import state, widgets
+from dashboard import review_panel, state, widgets
 from explainers import get_explainer, list_explainers
 from explainers.metrics.agreement import agreement_table
 from explainers.render import colorbar
@@ -72,6 +72,7 @@ def main() -> None:
                 maps[method] = relevance
     if len(maps) >= 2:
         agreement(maps)
+    review_panel.render(maps)
     widgets.share_link()
 
 
