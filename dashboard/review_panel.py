@@ -44,7 +44,7 @@ def agreement_chart(table: list[dict], methods: list[str]) -> go.Figure:
         z=rho, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu", texttemplate="%{z:.2f}"
     )
     title = "Agreement between methods (Spearman ρ)"
-    return go.Figure(heatmap, layout={"title": title, "yaxis_autorange": "reversed"})
+    return go.Figure(heatmap, layout={"title": title, "yaxis": {"autorange": "reversed", "automargin": True}})
 
 
 def snapshot(

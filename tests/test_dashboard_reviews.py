@@ -4,6 +4,7 @@ deletion with confirmation."""
 import io
 
 import numpy as np
+import plotly.io as pio
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -44,7 +45,11 @@ def test_save_then_reopen_gives_the_same_view_and_maps(view_query: dict[str, str
         expected = explainers.compute(scene.capture, method, **saved.params[method])[0].numpy()
         np.testing.assert_array_equal(saved.maps[method], expected)
     assert {row["method"] for row in saved.scores["map summaries"]} == set(saved.methods)
-    assert len(saved.scores["agreement"]) == 3 and "Agreement" in saved.charts
+    assert len(saved.scores["agreement"]) == 3
+    rho = np.array(pio.from_json(saved.charts["Agreement"]).data[0].z, dtype=float)
+    np.testing.assert_array_equal(rho, rho.T)
+    np.testing.assert_array_equal(np.diag(rho), 1.0)
+    assert sorted(rho[np.triu_indices(3, 1)]) == sorted(r["spearman"] for r in saved.scores["agreement"])
 
     # another browser opens the review from the board and reopens its view
     other = open_app(**{**view_query, "page": "reviews", "review": "1", "opacity": "0.2", "target": "0"})
