@@ -107,8 +107,8 @@ def _image_section(model: state.LoadedModel) -> state.ImageRecord:
     except ValueError as error:
         _fall_back(f"{error} Showing the first gallery image instead.", image=None)
     if model.spec == EMBEDDED:
-        st.button("New random cluttered digit", on_click=_random_digit, icon=":material/casino:",
-                  width="stretch")
+        st.button("New random cluttered digit", key="w.random_digit", on_click=_random_digit,
+                  icon=":material/casino:", width="stretch")
     st.file_uploader("Upload an image", type=list(EXTENSIONS), key="w.upload",
                      max_upload_size=IMAGE_UPLOAD_MB, on_change=_on_image_upload,
                      help="PNG, JPEG, WebP or BMP, up to 40 megapixels.")

@@ -109,9 +109,17 @@ def overlay_image(relevance: torch.Tensor, *, box: bool = True) -> np.ndarray:
     view, analysis = state.view(), state.scene().analysis
     image = overlay(analysis.display, relevance, opacity=view.option("opacity"),
                     colormap=view.option("colormap"))
-    if box and analysis.box is not None:
-        image = draw_box(image, analysis.box, thickness=max(1, image.shape[0] // 112))
-    return image
+    return _with_box(image) if box else image
+
+
+def input_image() -> np.ndarray:
+    """The image as the model sees it (after its preprocessing), with the true box if known."""
+    return _with_box(state.scene().analysis.display)
+
+
+def _with_box(image: np.ndarray) -> np.ndarray:
+    box = state.scene().analysis.box
+    return image if box is None else draw_box(image, box, thickness=max(1, image.shape[0] // 112))
 
 
 def grid_image(relevance: torch.Tensor) -> np.ndarray:

@@ -5,6 +5,8 @@ from itertools import combinations
 from explainers import get_explainer, list_explainers
 from tests.dashboard_apptest import images, link, open_app, problems
 
+TOP = 2  # the input image and the colour bar come first
+
 
 def test_opens_on_compare_with_every_explainer():
     app = open_app()
@@ -12,8 +14,8 @@ def test_opens_on_compare_with_every_explainer():
     assert app.main.header[0].value == "Compare explainers"
     labels = {m.value for m in app.main.markdown}
     assert {f"**{get_explainer(m).label}**" for m in list_explainers()} <= labels
-    # colour bar + (overlay, raw grid map) per explainer
-    assert len(images(app)) == 1 + 2 * len(list_explainers())
+    # input image, colour bar, then (overlay, raw grid map) per explainer
+    assert len(images(app)) == TOP + 2 * len(list_explainers())
     table = app.main.dataframe[0].value
     assert len(table) == len(list(combinations(list_explainers(), 2)))
     assert {"spearman", "iou"} <= set(table.columns)
@@ -37,21 +39,23 @@ def test_a_parameter_changes_only_its_own_map_and_the_url():
     after = images(app)
     assert not problems(app)
     changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
-    rollout = list_explainers().index("rollout")
-    assert changed == [1 + 2 * rollout, 2 + 2 * rollout]
+    rollout, shown = list_explainers().index("rollout"), len(list_explainers())  # one row: overlays, raw maps
+    assert changed == [TOP + rollout, TOP + shown + rollout]
     assert app.query_params["rollout.discard_ratio"] == "0.5"
 
 
 def test_fewer_methods_and_display_options():
     app = open_app()
     app.multiselect(key="c.methods").set_value(["rollout", "gae"]).run()
-    assert len(images(app)) == 1 + 2 * 2
+    assert len(images(app)) == TOP + 2 * 2
     assert len(app.main.dataframe[0].value) == 1
     assert app.query_params["methods"] == "rollout,gae"
     before = images(app)
     app.selectbox(key="o.colormap").set_value("jet").run()
     assert app.query_params["colormap"] == "jet"
-    assert all(a != b for a, b in zip(before, images(app), strict=True))
+    after = images(app)
+    assert after[0] == before[0]  # the input image
+    assert all(a != b for a, b in zip(before[1:], after[1:], strict=True))
     app.slider(key="o.top_percent").set_value(25).run()
     assert app.query_params["top_percent"] == "25"
     assert "top 25%" in str(app.main.dataframe[0].proto)

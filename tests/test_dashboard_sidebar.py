@@ -50,7 +50,7 @@ def test_gallery_choice_and_random_digit():
     second = app.selectbox(key="w.image").options[1]
     app.selectbox(key="w.image").select_index(1).run()
     assert app.query_params["image"] == "gallery:" + second.split(" ")[0]
-    app.button[0].click().run()
+    app.button(key="w.random_digit").click().run()
     assert not problems(app)
     assert app.query_params["image"].startswith("digit:")
     assert app.session_state["_scene"].image.box is not None

@@ -13,29 +13,40 @@ from explainers.render import colorbar
 COLUMNS = 4
 
 
-def method_card(method: str) -> torch.Tensor | None:
-    """Label, reference, parameters, map over the image and raw grid map of one explainer; its map."""
-    explainer = get_explainer(method)
-    with st.container(border=True):
-        st.markdown(f"**{explainer.label}**")
-        st.caption(explainer.reference, help=explainer.description)
-        with st.expander("Parameters"):
-            params = widgets.explainer_controls(method)
+def method_row(methods: list[str]) -> dict[str, torch.Tensor]:
+    """One row of the grid: label, reference and parameters, then map over the image, then raw map."""
+    cells = st.columns(COLUMNS)
+    params = {}
+    for cell, method in zip(cells, methods, strict=False):
+        explainer = get_explainer(method)
+        with cell:
+            st.markdown(f"**{explainer.label}**")
+            st.caption(explainer.reference, help=explainer.description)
+            with st.expander("Parameters"):
+                params[method] = widgets.explainer_controls(method)
+    maps = {}
+    for cell, method in zip(cells, methods, strict=False):
         try:
-            relevance = state.compute_maps([method])[method]
+            maps[method] = state.compute_maps([method])[method]
         except ValueError as error:
-            st.error(str(error))
-            return None
-        st.image(widgets.overlay_image(relevance), caption="over the image", width="stretch")
-        st.image(widgets.grid_image(relevance), caption=f"raw {relevance.shape[0]}×{relevance.shape[1]} map",
-                 width="stretch")
-        st.caption(", ".join(f"{k}={v}" for k, v in params.items()) or "no parameters")
-    return relevance
+            cell.error(str(error))
+    overlays, grids = st.columns(COLUMNS), st.columns(COLUMNS)
+    for index, method in enumerate(methods):
+        if method not in maps:
+            continue
+        relevance = maps[method]
+        overlays[index].image(widgets.overlay_image(relevance), caption="over the image", width="stretch")
+        size = "×".join(str(n) for n in relevance.shape)
+        grids[index].image(widgets.grid_image(relevance), caption=f"raw {size} map", width="stretch")
+        grids[index].caption(", ".join(f"{k}={v}" for k, v in params[method].items()) or "no parameters")
+    return maps
 
 
 def agreement(maps: dict[str, torch.Tensor]) -> None:
     st.subheader("Agreement between methods")
-    top = widgets.option_control("top_percent", label="Top region (% of the patches)")
+    slider, _ = st.columns([1, 2])
+    with slider:
+        top = widgets.option_control("top_percent", label="Top region (% of the patches)")
     maps = {widgets.method_label(m): relevance[None] for m, relevance in maps.items()}
     table = agreement_table(maps, top / 100).rename(columns={"method A": "Method", "method B": "vs"})
     st.dataframe(
@@ -54,22 +65,24 @@ def agreement(maps: dict[str, torch.Tensor]) -> None:
 def main() -> None:
     scene, view = state.scene(), state.view()
     st.header("Compare explainers")
-    probability = scene.analysis.probabilities[scene.target]
-    st.caption(f"{scene.image.title} · {scene.model.spec} · explaining **{scene.class_name(scene.target)}** "
-               f"(p = {probability:.1%})" + (" · green box: ground truth" if scene.analysis.box else ""))
-    methods = widgets.controlled(st.multiselect, "c.methods", view.shown_methods(), label="Explainers",
-                                 options=list_explainers(), format_func=widgets.method_label)
-    state.commit(replace(state.view(), methods=None if methods == list_explainers() else tuple(methods)))
-    legend, _ = st.columns([1, 3])
-    legend.image(colorbar(view.option("colormap"), height=10), width="stretch",
-                 caption="low → high relevance (each map scaled to its own range)")
+    picture, summary = st.columns([1, 3], gap="large")
+    truth = " · green: ground-truth box" if scene.analysis.box else ""
+    picture.image(widgets.input_image(), caption=f"{scene.image.title}{truth}", width="stretch")
+    with summary:
+        probability = scene.analysis.probabilities[scene.target]
+        st.markdown(f"Why does **{scene.model.spec}** see **{scene.class_name(scene.target)}** "
+                    f"(p = {probability:.1%})? Every explainer answers from the same forward and backward "
+                    "pass.")
+        methods = widgets.controlled(st.multiselect, "c.methods", view.shown_methods(), label="Explainers",
+                                     options=list_explainers(), format_func=widgets.method_label)
+        state.commit(replace(state.view(), methods=None if methods == list_explainers() else tuple(methods)))
+        legend, _ = st.columns([2, 3])
+        legend.image(colorbar(view.option("colormap"), height=10), width="stretch",
+                     caption="low → high relevance; each map scaled to its own range")
     maps = {}
     for start in range(0, len(methods), COLUMNS):
-        for column, method in zip(st.columns(COLUMNS), methods[start : start + COLUMNS], strict=False):
-            with column:
-                relevance = method_card(method)
-            if relevance is not None:
-                maps[method] = relevance
+        with st.container(border=True):
+            maps.update(method_row(methods[start : start + COLUMNS]))
     if len(maps) >= 2:
         agreement(maps)
     review_panel.render(maps)

@@ -13,6 +13,8 @@ from explainers import Capture, attention_stats
 
 ROLLOUT = "rollout"
 RATIOS = np.round(np.linspace(0.0, 0.95, 20), 2)
+CHART_PX = 400
+PANELS_PER_ROW, PANEL_PX = 6, 210
 SUMMARY_LABELS = {
     "entropy": "normalised entropy of the map",
     "top_mass": "share of relevance in the top 10% of patches",
@@ -28,6 +30,7 @@ def entropy_heatmap() -> None:
     entropy = attention_stats.attention_entropy(state.scene().capture, query=query)[0].cpu().numpy()
     figure = px.imshow(entropy, text_auto=".2f", aspect="auto", color_continuous_scale="Viridis",
                        labels={"x": "head", "y": "layer", "color": "entropy (nats)"})
+    figure.update_xaxes(dtick=1).update_yaxes(dtick=1).update_layout(height=CHART_PX)
     st.plotly_chart(figure, width="stretch")
 
 
@@ -44,6 +47,7 @@ def cls_distribution() -> None:
     })
     if chart == "violin":
         figure = px.violin(frame, x="layer", y="attention", box=True, points=False)
+        figure.update_xaxes(dtick=1)
     else:
         figure = px.histogram(frame, x="attention", facet_col="layer", facet_col_wrap=min(layers, 6),
                               nbins=40)
@@ -63,7 +67,7 @@ def attention_distance() -> None:
         "distance (px)": distance.reshape(-1),
     })
     figure = px.scatter(frame, x="layer", y="distance (px)", color="head")
-    figure.update_traces(marker_size=9)
+    figure.update_traces(marker_size=9).update_xaxes(dtick=1).update_layout(height=CHART_PX)
     st.caption("As in Dosovitskiy et al. 2021, Fig. 7: the distance between query and key patches in input "
                "pixels, weighted by the attention (patch tokens only).")
     st.plotly_chart(figure, width="stretch")
@@ -92,10 +96,13 @@ def rollout_by_layer() -> None:
     stops = range(params["start_layer"] + 1, scene.capture.num_layers + 1)
     maps = rollout_stops(scene.analysis.key, tuple(params.items()), scene.capture)
     images = np.stack([widgets.overlay_image(relevance) for relevance in maps])
-    figure = px.imshow(images, facet_col=0, facet_col_wrap=min(len(images), 6), facet_col_spacing=0.01)
+    figure = px.imshow(images, facet_col=0, facet_col_wrap=PANELS_PER_ROW, facet_col_spacing=0.01,
+                       facet_row_spacing=0.06)
     for annotation, stop in zip(figure.layout.annotations, stops, strict=True):
         annotation.text = f"blocks {params['start_layer']}–{stop - 1}"
+    rows = -(-len(images) // PANELS_PER_ROW)
     figure.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
+    figure.update_layout(height=40 + PANEL_PX * rows, margin={"l": 0, "r": 0, "t": 30, "b": 0})
     settings = ", ".join(f"{k}={v}" for k, v in params.items())
     st.caption(f"Attention rollout with its current parameters ({settings}), stopped after each block.")
     st.plotly_chart(figure, width="stretch")
@@ -121,9 +128,12 @@ def discard_sweep() -> None:
 def main() -> None:
     st.header("Attention distributions")
     try:
-        entropy_heatmap()
+        left, right = st.columns(2, gap="large")
+        with left:
+            entropy_heatmap()
+        with right:
+            attention_distance()
         cls_distribution()
-        attention_distance()
         rollout_by_layer()
         discard_sweep()
     except ValueError as error:

@@ -7,6 +7,7 @@ from explainers import get_explainer, list_explainers
 from explainers.params import HEAD, HEAD_FUSION, LAYER
 
 HEADS_PER_ROW = 6
+IMAGE_PX = 260
 
 
 def declares(method: str, *params: str) -> bool:
@@ -26,13 +27,14 @@ def fusion_grid() -> None:
         row[0].markdown(f"**{widgets.method_label(method)}**")
         for column, fusion in zip(row[1:], fusions, strict=True):
             relevance = state.compute_maps([method], head_fusion=fusion, head=None)[method]
-            column.image(widgets.overlay_image(relevance), caption=f"{method} · {fusion}", width="stretch")
+            column.image(widgets.overlay_image(relevance), caption=f"{method} · {fusion}", width=IMAGE_PX)
 
 
 def heads_of_layer() -> None:
     st.subheader("Every head on its own")
     method = next(m for m in list_explainers() if declares(m, LAYER.name, HEAD.name))
-    layer = widgets.option_control("layer", label="Layer")
+    with st.columns([1, 2])[0]:
+        layer = widgets.option_control("layer", label="Layer")
     st.caption(f"{widgets.method_label(method)} of layer {layer}, one map per head.")
     heads = range(state.scene().dims["num_heads"])
     for start in range(0, len(heads), HEADS_PER_ROW):
