@@ -66,8 +66,11 @@ def _model_section() -> state.LoadedModel:
         st.file_uploader("…or upload one", type=["safetensors", "pth", "pt"], key="w.weights_upload",
                          max_upload_size=WEIGHTS_UPLOAD_MB, on_change=_on_weights_upload)
     devices = available_devices()
-    device = widgets.controlled(st.selectbox, "w.device", view.device if view.device in devices else "cpu",
-                                label="Device", options=devices)
+    if view.device not in devices:
+        state.notify(f"Device {view.device!r} is not available on this server ({', '.join(devices)}); "
+                     "using the CPU.")
+        view = replace(view, device="cpu")
+    device = widgets.controlled(st.selectbox, "w.device", view.device, label="Device", options=devices)
     state.commit(replace(view, model=spec, weights=weights, device=device))
     try:
         with st.spinner(f"Loading {spec} on {device}…"):

@@ -117,3 +117,10 @@ def test_the_capture_cache_is_bounded(monkeypatch):
     app.run()
     assert len(captures) == CAPTURE_CACHE_ENTRIES + 2  # the oldest capture was evicted
     assert not problems(app)
+
+
+def test_a_device_that_is_not_here_falls_back_to_the_cpu(monkeypatch):
+    monkeypatch.setattr("dashboard.sidebar.available_devices", lambda: ["cpu"])
+    app = open_app(device="cuda")
+    assert "Device 'cuda' is not available" in messages(app)
+    assert app.query_params["device"] == "cpu" and not problems(app)
