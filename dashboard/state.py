@@ -211,15 +211,15 @@ class ViewState:
         return replace(self, target=target, params=params, options=options), problems
 
 
+_DEFAULT = object()
+
+
 def _set(mapping: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
     """A copy of ``mapping`` with ``key`` set, or removed when ``value`` is ``_DEFAULT`` or empty."""
     out = {k: v for k, v in mapping.items() if k != key}
     if value is not _DEFAULT and value != {}:
         out[key] = value
     return out
-
-
-_DEFAULT = object()
 
 
 def _differs(param: Param, value: Any, dims: Mapping[str, int]) -> Any:
@@ -260,7 +260,7 @@ def _parse_value(param: Param, text: str) -> Any:
             raise ValueError(f"{param.name} must be {kind}") from None
     if param.kind is str or not isinstance(param.high, str):
         param.validate(value, {})
-    elif value < param.low and not param.negative_index:
+    elif param.low is not None and value < param.low and not param.negative_index:
         raise ValueError(f"{param.name} must be at least {param.low}")
     return value
 
@@ -286,7 +286,7 @@ def _parse_field(key: str, text: str) -> Any:
         parse_image_ref(text)
         return text
     if key == "target":
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise ValueError("target must be a class number (0, 1, 2, …)")
         return int(text)
     if key == "methods":
@@ -302,7 +302,7 @@ def parse_image_ref(ref: str) -> tuple[Literal["gallery", "digit", "upload"], st
     kind, _, value = ref.partition(":")
     valid = (
         (kind == "gallery" and bool(value))
-        or (kind == "digit" and value.isdigit() and int(value) <= MAX_DIGIT_SEED)
+        or (kind == "digit" and value.isascii() and value.isdigit() and int(value) <= MAX_DIGIT_SEED)
         or (kind == "upload" and _UPLOAD_HASH.fullmatch(value) is not None)
     )
     if not valid:
