@@ -77,7 +77,7 @@ def attention_distance() -> None:
 def rollout_stops(key: tuple, params: tuple, _capture: Capture) -> list[torch.Tensor]:
     """Rollout maps after each block from ``start_layer`` on (cached per analysis and parameters)."""
     values = dict(params)
-    return [explainers.compute(_capture.upto(stop), ROLLOUT, **values)[0]
+    return [explainers.compute(_capture.upto(stop), ROLLOUT, **values)[0].cpu()
             for stop in range(values["start_layer"] + 1, _capture.num_layers + 1)]
 
 
