@@ -1,0 +1,64 @@
+"""The Evaluate page under Streamlit's AppTest: a run on generated digits, its charts and table, continue."""
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explainers.evaluate import KEY_COLUMNS
+from tests.dashboard_apptest import open_app, plotly_specs, problems
+
+METHODS = ["rollout", "gae"]
+
+
+@pytest.fixture
+def page() -> AppTest:
+    app = open_app()
+    app.switch_page("views/evaluate.py").run()
+    assert not problems(app)
+    app.multiselect(key="ev.methods").set_value(METHODS)
+    app.number_input(key="ev.count").set_value(3)
+    return app.run()
+
+
+def test_a_run_scores_every_image_and_method(page: AppTest) -> None:
+    run = next(b for b in page.button if b.label == "Run")
+    run.click().run()
+    assert not problems(page) and not page.error
+    rows = page.session_state["ev.rows"]
+    assert sorted({(r["image_id"], r["method"]) for r in rows}) == sorted(
+        (f"cluttered-s0-{i:05d}", m) for i in range(3) for m in METHODS
+    )
+    table = page.dataframe[0].value
+    assert list(table.index) == METHODS and table.shape[1] >= 10
+    assert all(" ± " in cell for cell in table.iloc[0])
+    assert len(plotly_specs(page)) == 4  # curves, sanity, bars, agreement
+    subheaders = [s.value for s in page.subheader]
+    assert "Perturbation curves" in subheaders and "Scores per method" in subheaders
+    assert len(page.get("download_button")) == 1
+    assert not [w.value for w in page.warning if "Stopped" in w.value]
+
+
+def test_continue_finishes_a_stopped_run_without_repeating_rows(page: AppTest) -> None:
+    next(b for b in page.button if b.label == "Run").click().run()
+    complete = pd.DataFrame(page.session_state["ev.rows"])
+    page.session_state["ev.rows"] = page.session_state["ev.rows"][:2]  # as if Stop came after one image
+    page.run()
+    assert any("Stopped after 1 of 3 images" in w.value for w in page.warning)
+    resume = next(b for b in page.button if b.label == "Continue")
+    assert not resume.disabled
+    resume.click().run()
+    resumed = pd.DataFrame(page.session_state["ev.rows"])
+    assert len(resumed) == 6 and not resumed.duplicated(["image_id", "method"]).any()
+    key = list(KEY_COLUMNS)
+    pd.testing.assert_frame_equal(
+        resumed.sort_values(key).reset_index(drop=True), complete.sort_values(key).reset_index(drop=True),
+        rtol=1e-5,
+    )
+    assert next(b for b in page.button if b.label == "Continue").disabled
+
+
+def test_no_method_chosen_is_explained_not_run(page: AppTest) -> None:
+    page.multiselect(key="ev.methods").set_value([]).run()
+    assert not problems(page)
+    assert any("at least one method" in w.value for w in page.warning)
+    assert not [b for b in page.button if b.label == "Run"]
