@@ -25,7 +25,13 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
-PAGES = ("compare", "head_fusion", "distributions", "what_if")
+#: Page → the rest of the link opened in the browser (the what-if page with non-default parameters).
+PAGES = {
+    "compare": "",
+    "head_fusion": "",
+    "distributions": "",
+    "what_if": "&rollout.discard_ratio=0.8&rollout.head_fusion=max",
+}
 START_TIMEOUT_S, RENDER_TIMEOUT_MS = 120, 120_000
 
 pytestmark = [
@@ -122,12 +128,13 @@ def test_moving_a_slider_updates_the_map(server, browser, tmp_path):
 
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders(server, browser, tmp_path, name):
-    """Each page from a shared link, without an exception; a screenshot of the whole page."""
+    """Each page from a shared link, without an exception and with the link's state; a screenshot."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(f"{server}/?page={name}")
+    page.goto(f"{server}/?page={name}{PAGES[name]}")
     wait_until_idle(page)
     assert page.locator("[data-testid=stException]").count() == 0
     assert urlsplit(page.url).path.strip("/") in (name, "")
+    assert set(parse_qsl(PAGES[name].lstrip("&"))) <= set(parse_qsl(urlsplit(page.url).query))
     height = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
     page.set_viewport_size({"width": 1400, "height": min(max(900, height), 4000)})
     wait_until_idle(page)

@@ -38,21 +38,23 @@ def entropy_heatmap() -> None:
 def cls_distribution() -> None:
     st.subheader("The CLS token's attention to the patches, per layer")
     chart = widgets.option_control("chart", label="Chart")
-    values = attention_stats.cls_attention(state.scene().capture)[0].cpu().numpy()  # (L, H, P)
+    capture = state.scene().capture
+    values = attention_stats.cls_attention(capture)[0].cpu().numpy()  # (L, H, P)
     layers, heads, patches = values.shape
+    axis = "log₁₀ attention"
     frame = pd.DataFrame({
         "layer": np.repeat(np.arange(layers), heads * patches),
-        "head": np.tile(np.repeat(np.arange(heads), patches), layers),
-        "attention": values.reshape(-1),
+        axis: np.log10(np.maximum(values.reshape(-1), np.finfo(np.float32).tiny)),
     })
+    uniform = np.log10(1 / capture.layout.num_tokens)
     if chart == "violin":
-        figure = px.violin(frame, x="layer", y="attention", box=True, points=False)
-        figure.update_xaxes(dtick=1)
+        figure = px.violin(frame, x="layer", y=axis, box=True, points=False)
+        figure.update_xaxes(dtick=1).add_hline(y=uniform, line_dash="dot", annotation_text="uniform")
     else:
-        figure = px.histogram(frame, x="attention", facet_col="layer", facet_col_wrap=min(layers, 6),
-                              nbins=40)
-    st.caption(f"All {heads} heads pooled; {patches} patches per head. Uniform attention would be "
-               f"{1 / (patches + state.scene().capture.layout.num_prefix):.4f}.")
+        figure = px.histogram(frame, x=axis, facet_col="layer", facet_col_wrap=min(layers, 6), nbins=40)
+        figure.add_vline(x=uniform, line_dash="dot")
+    st.caption(f"All {heads} heads pooled, {patches} patches each, on a log scale; the dotted line is "
+               f"uniform attention over the {capture.layout.num_tokens} tokens.")
     st.plotly_chart(figure, width="stretch")
 
 
