@@ -23,9 +23,11 @@ Typical use in a page::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -415,10 +417,7 @@ def store_upload(data: bytes) -> str:
     """Check an uploaded image, keep its bytes under their content hash and return its reference."""
     read_image(data)
     sha = content_hash(data)
-    path = data_dir() / sha
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+    _keep(data_dir() / sha, data)
     return f"upload:{sha}"
 
 
@@ -428,10 +427,23 @@ def store_weights(data: bytes, filename: str) -> str:
     if suffix not in _WEIGHT_SUFFIXES:
         raise ValueError(f"{filename}: weights must be a {', '.join(_WEIGHT_SUFFIXES)} file.")
     path = data_dir() / "weights" / f"{content_hash(data)}{suffix}"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+    _keep(path, data)
     return str(path)
+
+
+def _keep(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` once, atomically (another session may be reading the same file)."""
+    if path.exists():
+        return
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise ValueError(f"The upload cannot be kept in {path.parent}: {error.strerror or error}.") from None
 
 
 @dataclass(frozen=True, eq=False)

@@ -85,3 +85,13 @@ def test_exif_orientation_is_honoured(data_dir):
     app.file_uploader(key="w.upload").upload("phone.jpg", encode(wide, "JPEG", exif=exif)).run()
     assert not problems(app)
     assert app.session_state["_scene"].image.image.size == (40, 80)
+
+
+def test_an_upload_that_cannot_be_kept_is_reported(data_dir):
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.write_text("a file where the upload folder should be")
+    app = open_app()
+    app.file_uploader(key="w.upload").upload("digit.png", PNG).run()
+    assert not problems(app)
+    assert "cannot be kept" in messages(app)
+    assert not app.query_params["image"].startswith("upload:")
