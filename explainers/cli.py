@@ -60,6 +60,8 @@ def _add_common(parser: argparse.ArgumentParser, images_help: str) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the cluttered:N images (default: 0)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is "
+                        "often faster on a busy machine)")
 
 
 def add_evaluate(subparsers: Any) -> None:
@@ -116,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         return args.run(args)
     except ValueError as error:
