@@ -57,7 +57,7 @@ SCORES: dict[str, tuple[str, bool]] = {
     "pointing_game": ("Pointing game", True),
     "mass_inside": ("Mass inside mask", True),
     "topk_iou": ("Top-k IoU with mask", True),
-    "sanity_rho": ("Sanity ρ, all blocks random", False),
+    "sanity_abs_rho": ("Sanity |ρ|, all blocks random", False),
 }
 
 
@@ -206,7 +206,7 @@ class Evaluation:
         if "localisation" in self.metrics:
             columns += ["pointing_game", "mass_inside", "topk_iou"]
         if "sanity" in self.metrics:
-            columns += [f"sanity_rho_{k}" for k in range(1, self.num_layers + 1)] + ["sanity_rho"]
+            columns += [f"sanity_rho_{k}" for k in range(1, self.num_layers + 1)] + ["sanity_abs_rho"]
         if "agreement" in self.metrics:
             for other in self.methods:
                 columns += [f"spearman_vs_{other}", f"iou_vs_{other}"]
@@ -315,7 +315,7 @@ class Evaluation:
             rho = cascading_randomisation(model, images, targets, self.maps, seed=self.seed)
             for k in range(1, self.num_layers + 1):
                 scores[f"sanity_rho_{k}"] = torch.stack([rho[name][:, k] for name in self.methods])
-            scores["sanity_rho"] = scores[f"sanity_rho_{self.num_layers}"]
+            scores["sanity_abs_rho"] = scores[f"sanity_rho_{self.num_layers}"].abs()
         probability = logits.float().softmax(dim=-1).gather(1, targets[:, None])[:, 0].tolist()
         predicted = logits.argmax(dim=-1).tolist()
         values = {column: _as_lists(value) for column, value in scores.items()}

@@ -35,6 +35,7 @@ def test_a_run_scores_every_image_and_method(page: AppTest) -> None:
     subheaders = [s.value for s in page.subheader]
     assert "Perturbation curves" in subheaders and "Scores per method" in subheaders
     assert len(page.get("download_button")) == 1
+    assert any(m.value.startswith("**Fail the sanity check:**") for m in page.main.markdown)
     assert not [w.value for w in page.warning if "Stopped" in w.value]
 
 

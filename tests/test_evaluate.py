@@ -94,7 +94,7 @@ def test_one_row_per_image_and_method_with_every_column(
         assert row["target"] == row["predicted"]
         assert row["pointing_game"] in (0.0, 1.0)
         assert 0.0 <= row["mass_inside"] <= 1.0 and 0.0 <= row["topk_iou"] <= 1.0
-        assert row["sanity_rho"] == row["sanity_rho_2"]
+        assert row["sanity_abs_rho"] == abs(row["sanity_rho_2"])
         assert row[f"spearman_vs_{row['method']}"] is None
 
 

@@ -1,5 +1,6 @@
 """Cascading randomisation: which blocks change, what stays untouched, and which maps fail the check."""
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
@@ -78,6 +79,20 @@ def test_a_map_that_ignores_the_weights_fails() -> None:
     assert fails_sanity(rho[:, -1])
 
 
+def test_a_map_that_flips_to_its_mirror_image_fails_too() -> None:
+    """Trained: the brightness ranking; any randomised block: the reverse ranking (ρ = −1)."""
+    model, x = small_vit(), images()
+    trained = model.blocks[-1].attn.qkv.weight.clone()
+
+    def flipping(m: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        sign = 1.0 if torch.equal(m.blocks[-1].attn.qkv.weight, trained) else -1.0
+        return {"flip": sign * brightness(m, images, targets)["brightness"]}
+
+    rho = cascading_randomisation(model, x, torch.zeros(6, dtype=torch.long), flipping)["flip"]
+    torch.testing.assert_close(rho[:, 1:], -torch.ones_like(rho[:, 1:]))
+    assert fails_sanity(rho[:, -1])
+
+
 def test_attention_maps_change_with_the_weights_and_pass() -> None:
     model, x = small_vit(), images()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -98,3 +113,5 @@ def test_fails_sanity_threshold_and_missing_values() -> None:
     assert fails_sanity([0.9, float("nan"), 0.5])
     assert not fails_sanity([0.2, 0.3, float("nan")])
     assert fails_sanity(torch.tensor([0.4, 0.6]), threshold=0.5)
+    assert fails_sanity(np.array([-0.7, -0.6]))
+    assert not fails_sanity([0.6, -0.6, 0.1, -0.1])

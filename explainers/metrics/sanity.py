@@ -7,8 +7,10 @@ normal ``σ = 0.02`` for linear layers with zero biases, layer norms reset), the
 classifier head are kept. At every step the same images are explained for the same target classes and
 each map is compared with the map of the trained model by Spearman's ρ (:func:`.agreement.spearman`).
 An explanation that reflects what the model learnt must change as its weights are destroyed, so ρ falls
-towards 0; a method whose maps barely change (mean ρ at ``k = L`` still ≥ :data:`SANITY_THRESHOLD`)
-fails the check: it shows something about the image, not about the model.
+towards 0; a method whose maps keep their ranking (mean ``|ρ|`` at ``k = L`` still ≥
+:data:`SANITY_THRESHOLD`) fails the check: it shows something about the image, not about the model. The
+absolute value is used, as in Adebayo et al.'s "ABS" rank correlations: a map that turns into its mirror
+image (ρ near −1) is just as determined by the input as one that stays the same.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .agreement import spearman
 
 #: ``explain(model, images, targets) -> {name: maps (B, gh, gw)}``: the maps under test for one model.
 ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Mapping[str, torch.Tensor]]
-#: A method fails when the mean ρ of its maps, trained against fully randomised model, is at least this.
+#: A method fails when the mean |ρ| of its maps, trained against fully randomised model, is at least this.
 SANITY_THRESHOLD = 0.5
 
 
@@ -69,10 +71,10 @@ def cascading_randomisation(
 def fails_sanity(
     final_rho: torch.Tensor | np.ndarray | Sequence[float], threshold: float = SANITY_THRESHOLD
 ) -> bool:
-    """Whether a method fails: its mean ρ (over images, NaN left out) with every block random ≥ ``threshold``.
+    """Whether a method fails: mean ``|ρ|`` over images (NaN left out), every block random, ≥ ``threshold``.
 
-    ``final_rho`` holds one ρ per image at ``k = L``: the last column of :func:`cascading_randomisation`,
-    or the ``sanity_rho`` column of an evaluation.
+    ``final_rho`` holds one ρ (or ``|ρ|``) per image at ``k = L``: the last column of
+    :func:`cascading_randomisation`, or the ``sanity_abs_rho`` column of an evaluation.
     """
     values = final_rho.detach().cpu().numpy() if isinstance(final_rho, torch.Tensor) else final_rho
-    return bool(np.nanmean(np.asarray(values, dtype=np.float64)) >= threshold)
+    return bool(np.nanmean(np.abs(np.asarray(values, dtype=np.float64))) >= threshold)
