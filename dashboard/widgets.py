@@ -50,7 +50,8 @@ def param_control(
     container: Any = st,
 ) -> Any:
     """One control for a declared parameter: a select for choices and optional values, a slider for a
-    bounded number, a number input otherwise. ``value`` must be valid for ``dims``."""
+    bounded number (:data:`FLOAT_STEPS` steps for floats; a value beyond the last step before an exclusive
+    bound shows as that step), a number input otherwise. ``value`` must be valid for ``dims``."""
     low, high = param.bounds(dims)
     common = {"label": label or label_of(param), "help": param.help}
     if param.kind is str:
