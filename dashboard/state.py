@@ -49,11 +49,9 @@ from explainers.datasets.gallery import GalleryItem, load_gallery
 from explainers.images import content_hash, read_image
 from explainers.models import EMBEDDED, LoadedModel, load_model
 from explainers.params import LAYER
-from explainers.render import COLORMAPS
+from explainers.render import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
+from explainers.reviews import data_dir
 
-#: Environment variable naming the folder where uploads are kept (default ``./data/uploads``).
-DATA_DIR_ENV = "VIT_EXPLAIN_DATA_DIR"
-DEFAULT_DATA_DIR = Path("data") / "uploads"
 #: Page key (as in the URL) → title.
 PAGES: dict[str, str] = {
     "compare": "Compare",
@@ -85,8 +83,8 @@ def _preferred(choices: tuple[str, ...], name: str = "rollout") -> str:
 OPTIONS: dict[str, Param] = {
     p.name: p
     for p in (
-        Param("opacity", float, 0.5, "Opacity of the map over the image.", low=0.0, high=1.0),
-        Param("colormap", str, "inferno", "Colour scale of every map.", choices=tuple(COLORMAPS)),
+        Param("opacity", float, DEFAULT_OPACITY, "Opacity of the map over the image.", low=0.0, high=1.0),
+        Param("colormap", str, DEFAULT_COLORMAP, "Colour scale of every map.", choices=tuple(COLORMAPS)),
         Param("top_percent", int, 10, "Share of the patches compared by the IoU of the top regions.",
               low=1, high=100),
         replace(LAYER, help="Layer whose heads are shown one by one."),
@@ -315,9 +313,9 @@ def parse_image_ref(ref: str) -> tuple[Literal["gallery", "digit", "upload"], st
 # --------------------------------------------------------------------------------------------- resources
 
 
-def data_dir() -> Path:
-    """Folder where uploaded images (by content hash) and weight files are kept."""
-    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+def uploads_dir() -> Path:
+    """Folder of uploaded images, by content hash, inside the server's data folder."""
+    return data_dir() / "uploads"
 
 
 def _file_stamp(weights: str | None) -> tuple[float, int] | None:
@@ -406,10 +404,10 @@ def get_image(ref: str) -> ImageRecord:
         label = int(digits.labels[0])
         return _record(ref, Image.fromarray(digits.images[0]), f"random digit {label} (seed {value})",
                        label=label, box=tuple(int(v) for v in digits.boxes[0]), mask=digits.masks[0])
-    path = data_dir() / value
+    path = uploads_dir() / value
     if not path.is_file():
         raise ValueError(f"The uploaded image {value} is not on this server (uploads are kept in "
-                         f"{data_dir()}).")
+                         f"{uploads_dir()}).")
     return _record(ref, read_image(path.read_bytes()), f"uploaded image {value}")
 
 
@@ -417,7 +415,7 @@ def store_upload(data: bytes) -> str:
     """Check an uploaded image, keep its bytes under their content hash and return its reference."""
     read_image(data)
     sha = content_hash(data)
-    _keep(data_dir() / sha, data)
+    _keep(uploads_dir() / sha, data)
     return f"upload:{sha}"
 
 

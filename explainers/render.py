@@ -14,6 +14,9 @@ import cv2
 import numpy as np
 import torch
 
+#: Display defaults shared by the dashboard and the exports.
+DEFAULT_OPACITY = 0.5
+DEFAULT_COLORMAP = "inferno"
 #: OpenCV colormaps offered for display, by name.
 COLORMAPS: dict[str, int] = {
     "inferno": cv2.COLORMAP_INFERNO,

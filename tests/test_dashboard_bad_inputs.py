@@ -71,7 +71,7 @@ def test_every_kind_of_image_is_converted(mode, fmt, data_dir):
     assert not problems(app) and not messages(app)
     ref = app.query_params["image"]
     assert ref.startswith("upload:")
-    assert (data_dir / ref.split(":")[1]).read_bytes() == data
+    assert (data_dir / "uploads" / ref.split(":")[1]).read_bytes() == data
     image = app.session_state["_scene"].image.image
     assert image.mode == "RGB" and image.size == (64, 64)
     assert np.asarray(image)[30, 30].min() > 200  # the stroke stayed bright (16-bit scaled, not clipped)

@@ -21,12 +21,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..images import read_image
 from ..registry import get_explainer
-from ..render import colorbar, overlay
+from ..render import DEFAULT_COLORMAP, DEFAULT_OPACITY, colorbar, overlay
 from .store import Review
 
 FORMATS: tuple[str, ...] = ("png", "csv", "html", "zip")
-DEFAULT_OPACITY = 0.5
-DEFAULT_COLORMAP = "inferno"
 TILE = 224  # pixels per tile side in the PNG grid
 GRID_COLUMNS = 4
 _PAD = 8
