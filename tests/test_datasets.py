@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from explainers.datasets import cluttered_digits, load_gallery
-from explainers.datasets.cluttered_digits import INK_THRESHOLD, _all_digits, source_digits
+from explainers.datasets.cluttered_digits import (
+    CLUTTER_MARGIN,
+    INK_THRESHOLD,
+    MIN_FRAGMENT_INK,
+    _all_digits,
+    source_digits,
+)
 from explainers.datasets.gallery import DIGIT_SEED, DIGITS
 
 
@@ -40,12 +46,20 @@ def test_mask_is_the_ink_of_a_source_digit_of_the_labelled_class():
         assert any(np.array_equal(_tight(d >= INK_THRESHOLD), crop) for d in digits[digit_labels == label])
 
 
-def test_clutter_is_present_and_never_touches_the_target():
-    images, _, _, masks = cluttered_digits(32, seed=3)
-    ink = images[..., 0] > 0
-    clutter_pixels = (ink & ~masks).sum(axis=(1, 2))
-    assert (clutter_pixels > 0).mean() > 0.9
-    assert masks.sum() > 0
+def test_clutter_is_present_and_stays_out_of_the_target_box():
+    images, _, boxes, masks = cluttered_digits(32, seed=3)
+    for image, (x0, y0, x1, y1), mask in zip(images, boxes, masks, strict=True):
+        ink = image[..., 0] >= INK_THRESHOLD
+        assert (ink & ~mask).sum() >= MIN_FRAGMENT_INK
+        near = np.zeros_like(mask)
+        m = CLUTTER_MARGIN
+        near[max(0, y0 - m) : y1 + m, max(0, x0 - m) : x1 + m] = True
+        assert not (ink & ~mask & near).any()
+
+
+def test_without_clutter_only_the_target_is_drawn():
+    images, _, _, masks = cluttered_digits(8, seed=4, n_clutter=0)
+    assert np.array_equal(images[..., 0] >= INK_THRESHOLD, masks)
 
 
 def test_same_seed_same_images_other_seed_other_images():

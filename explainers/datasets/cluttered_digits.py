@@ -27,6 +27,7 @@ INK_THRESHOLD = 128  # a pixel of a digit is ink when its grey value is at least
 FRAGMENT_SIZE = 8
 MIN_FRAGMENT_INK = 12  # a clutter fragment must hold at least this many ink pixels
 MAX_TRIES = 50  # placements tried per fragment before it is skipped
+CLUTTER_MARGIN = 2  # pixels between a clutter fragment and the target's box
 
 
 class ClutteredDigits(NamedTuple):
@@ -100,6 +101,7 @@ def _one_image(
     canvas = np.zeros((size, size), dtype=np.uint8)
     canvas[y : y + DIGIT_SIZE, x : x + DIGIT_SIZE] = digits[target]
     mask = canvas >= INK_THRESHOLD
+    x0, y0, x1, y1 = _tight_box(mask)
     for _ in range(n_clutter):
         other = int(rng.integers(len(digits) - 1))
         other += other >= target  # any digit but the target
@@ -107,12 +109,24 @@ def _one_image(
         if piece is None:
             continue
         for _ in range(MAX_TRIES):
-            fy, fx = rng.integers(0, size - FRAGMENT_SIZE + 1, size=2)
-            window = (slice(fy, fy + FRAGMENT_SIZE), slice(fx, fx + FRAGMENT_SIZE))
-            if not np.any(mask[window] & (piece > 0)):  # clutter never touches the target's ink
+            fy, fx = (int(v) for v in rng.integers(0, size - FRAGMENT_SIZE + 1, size=2))
+            # the whole fragment stays CLUTTER_MARGIN pixels or more away from the target's box
+            if (
+                fx + FRAGMENT_SIZE + CLUTTER_MARGIN <= x0
+                or fx >= x1 + CLUTTER_MARGIN
+                or fy + FRAGMENT_SIZE + CLUTTER_MARGIN <= y0
+                or fy >= y1 + CLUTTER_MARGIN
+            ):
+                window = (slice(fy, fy + FRAGMENT_SIZE), slice(fx, fx + FRAGMENT_SIZE))
                 canvas[window] = np.maximum(canvas[window], piece)
                 break
     return canvas, target, mask
+
+
+def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``x0, y0, x1, y1`` of the True pixels, x1 and y1 exclusive."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def cluttered_digits(
@@ -121,9 +135,9 @@ def cluttered_digits(
     """``n`` cluttered digits on ``size``×``size`` canvases; the same arguments give the same images.
 
     Each image holds one source digit of ``split`` at a uniformly random position and up to
-    ``n_clutter`` 8×8 fragments of other digits of the same split, placed where none of their pixels
-    touches the target's ink (clutter may lie inside the target's box, never on its strokes). The
-    defaults follow the 60×60, four-fragment setting of Mnih et al.
+    ``n_clutter`` 8×8 fragments of other digits of the same split, each placed wholly outside the
+    target's box (with a ``CLUTTER_MARGIN`` gap), so the box holds the target digit alone and clutter
+    never changes its shape. The defaults follow the 60×60, four-fragment setting of Mnih et al.
     """
     if size < DIGIT_SIZE:
         raise ValueError(f"size must be at least {DIGIT_SIZE}, not {size}")
@@ -136,6 +150,5 @@ def cluttered_digits(
     for i in range(n):
         images[i], target, masks[i] = _one_image(rng, digits, size, n_clutter)
         labels[i] = digit_labels[target]
-        rows, cols = np.flatnonzero(masks[i].any(axis=1)), np.flatnonzero(masks[i].any(axis=0))
-        boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+        boxes[i] = _tight_box(masks[i])
     return ClutteredDigits(np.repeat(images[..., None], 3, axis=-1), labels, boxes, masks)

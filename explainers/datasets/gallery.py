@@ -19,8 +19,8 @@ from explainers.datasets.cluttered_digits import cluttered_digits
 
 GALLERY_DIR = Path(__file__).with_name("gallery")
 INDEX_FILE = "gallery.json"
-# 2024 holds every class at least twice among its 24 labels (checked on labels only, before any model).
-DIGITS, DIGIT_SEED = 24, 2024
+# 2113 is the first seed from 2024 up whose 24 labels hold every class at least twice (chosen on labels only).
+DIGITS, DIGIT_SEED = 24, 2113
 
 
 @dataclass(frozen=True, eq=False)
