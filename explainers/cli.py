@@ -77,6 +77,8 @@ def add_evaluate(subparsers: Any) -> None:
     parser.add_argument("--baseline", default="black", choices=BASELINES, help="value of removed pixels")
     parser.add_argument("--target", default="predicted", choices=TARGETS, help="class explained")
     parser.add_argument("--topk", type=float, default=0.1, help="top share of patches for IoU (default 0.1)")
+    parser.add_argument("--step", type=int, default=10,
+                        help="perturbation step in %% of the patches: 0, step, … ≤ 90%% (default 10)")
     parser.set_defaults(run=run_evaluate)
 
 
@@ -250,7 +252,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, device=args.device, weights=args.weights)
     evaluation = Evaluation(
         loaded, methods, metrics=metrics, baseline=args.baseline, target=args.target, topk=args.topk,
-        batch_size=args.batch_size,
+        step=args.step, batch_size=args.batch_size,
     )
     done = read_done(args.out, evaluation)
     skipped: list[tuple[str, str]] = []

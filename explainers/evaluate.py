@@ -38,7 +38,7 @@ from .datasets.cluttered_digits import cluttered_digits
 from .images import EXTENSIONS, read_image
 from .metrics.agreement import spearman, top_k_iou
 from .metrics.localisation import mass_inside, pointing_game, topk_iou
-from .metrics.perturbation import BASELINES, CURVES, FRACTIONS, perturbation_curves
+from .metrics.perturbation import BASELINES, CURVES, fractions_every, perturbation_curves
 from .metrics.sanity import cascading_randomisation
 from .models import LoadedModel
 from .registry import get_explainer
@@ -151,7 +151,7 @@ class Evaluation:
         baseline: what removed pixels become (:data:`.metrics.perturbation.BASELINES`).
         target: explain the ``"predicted"`` class or the ``"label"``.
         topk: fraction of the patches forming the top region (localisation and agreement IoU).
-        fractions: perturbation steps, from 0.
+        step: perturbation step in percent of the patches (curves at 0, step, 2·step, … ≤ 90 %).
         seed: seed of the random weights of the sanity check.
         batch_size: images per batch (perturbed copies go through the model in larger batches).
     """
@@ -165,7 +165,7 @@ class Evaluation:
         baseline: str = "black",
         target: str = "predicted",
         topk: float = 0.1,
-        fractions: Sequence[float] = FRACTIONS,
+        step: int = 10,
         seed: int = 0,
         batch_size: int = 32,
     ) -> None:
@@ -182,10 +182,9 @@ class Evaluation:
             raise ValueError(f"topk must be in (0, 1], got {topk}")
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        if not fractions or fractions[0] != 0.0 or any(not 0.0 <= f < 1.0 for f in fractions):
-            raise ValueError("perturbation fractions must start at 0 and lie in [0, 1)")
+        self.fractions = fractions_every(step)
         self.loaded, self.metrics, self.baseline, self.target = loaded, tuple(metrics), baseline, target
-        self.topk, self.fractions, self.seed, self.batch_size = topk, tuple(fractions), seed, batch_size
+        self.topk, self.seed, self.batch_size = topk, seed, batch_size
         self.num_layers = dims["num_layers"]
         self.needs_gradients = any(get_explainer(name).needs_gradients for name in self.methods)
 

@@ -74,7 +74,8 @@ def test_settings_are_checked_before_any_image(loaded: LoadedModel) -> None:
         (METHODS, {"target": "random"}, "unknown target"),
         (METHODS, {"topk": 0.0}, "topk"),
         (METHODS, {"batch_size": 0}, "batch size"),
-        (METHODS, {"fractions": (0.1, 0.5)}, "fractions"),
+        (METHODS, {"step": 0}, "perturbation step"),
+        (METHODS, {"step": 2.5}, "whole percentage"),
     ):
         with pytest.raises(ValueError, match=message):
             Evaluation(loaded, methods, **kwargs)
@@ -150,6 +151,16 @@ def test_done_rows_are_skipped_and_the_rest_is_unchanged(
                 assert new[column] == pytest.approx(value, rel=1e-5, abs=1e-6), column
     other = Evaluation(loaded, METHODS, baseline="mean")
     assert len(list(other.run(samples[:1], done))) == 3  # other settings: nothing is done
+
+
+def test_finer_perturbation_steps(loaded: LoadedModel, samples: list[Sample]) -> None:
+    fine = Evaluation(loaded, {"gae": {}}, metrics=["perturbation"], step=5)
+    row = next(fine.run(samples[:1]))
+    assert [c for c in fine.columns if c.startswith("insertion_p_")] == [f"insertion_p_{p:02d}" for p in
+                                                                          range(0, 91, 5)]
+    coarse = next(Evaluation(loaded, {"gae": {}}, metrics=["perturbation"]).run(samples[:1]))
+    for p in range(0, 91, 10):
+        assert row[f"positive_p_{p:02d}"] == pytest.approx(coarse[f"positive_p_{p:02d}"], rel=1e-5)
 
 
 def test_label_target_and_images_without_ground_truth(loaded: LoadedModel, samples: list[Sample]) -> None:

@@ -12,6 +12,7 @@ from explainers.metrics.perturbation import (
     CURVES,
     FRACTIONS,
     baseline_images,
+    fractions_every,
     perturbation_curves,
     switched_patches,
 )
@@ -104,6 +105,15 @@ def test_auc_is_the_trapezoid_rule(weights: torch.Tensor) -> None:
         for measure, values in (("probability", curves.probability[name]), ("top1", curves.top1[name])):
             expected = np.trapezoid(values.numpy(), x=np.array(FRACTIONS), axis=-1)
             np.testing.assert_allclose(curves.auc(name, measure).numpy(), expected, rtol=1e-6)
+
+
+def test_steps_are_whole_percentages_up_to_90() -> None:
+    np.testing.assert_allclose(FRACTIONS, np.arange(10) / 10)
+    assert fractions_every(30) == (0.0, 0.3, 0.6, 0.9)
+    assert fractions_every(7)[-1] == 0.84 and len(fractions_every(1)) == 91
+    for bad in (0, 91, 2.5, True):
+        with pytest.raises(ValueError, match="whole percentage"):
+            fractions_every(bad)
 
 
 def test_switched_patches_are_the_top_k_of_the_ranking() -> None:

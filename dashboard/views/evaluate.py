@@ -93,12 +93,13 @@ def settings(model: LoadedModel) -> Evaluation | None:
                                 help="black, the mean colour of the model's training data, or a blurred copy")
     target = right.selectbox("Class explained", TARGETS, key="ev.target",
                              help="the model's prediction, or the true label (images with a label only)")
-    left, right = st.columns(2)
+    left, middle, right = st.columns(3)
     top = left.slider("Top region for IoU (% of the patches)", 1, 100, 10, key="ev.top")
+    step = middle.select_slider("Perturbation step (% of patches)", [1, 2, 5, 10], value=10, key="ev.step")
     batch = right.select_slider("Batch size", [1, 2, 4, 8, 16, 32, 64], value=32, key="ev.batch")
     try:
         return Evaluation(model, {m: state.explainer_params(m) for m in methods}, metrics=metrics,
-                          baseline=baseline, target=target, topk=top / 100, batch_size=batch)
+                          baseline=baseline, target=target, topk=top / 100, step=step, batch_size=batch)
     except ValueError as error:
         st.warning(str(error))
         return None

@@ -2,7 +2,8 @@
 
 Three curves, for a map ``m`` ``(gh, gw)`` over the model's own patches and a target class ``t``. The
 patches are ranked by ``m`` (ties broken by patch index, row-major); at each fraction ``f`` of
-``FRACTIONS = 0, 0.1, …, 0.9`` the first ``k = ⌊f · P⌋`` of ``P`` patches in that order are switched:
+``FRACTIONS = 0, 0.1, …, 0.9`` (or finer steps, :func:`fractions_every`) the first ``k = ⌊f · P⌋`` of
+``P`` patches in that order are switched:
 
 * ``positive``: remove the most relevant patches first (the *positive perturbation* of Chefer, Gur &
   Wolf, CVPR 2021; the *deletion* metric of Petsiuk, Das & Saenko, BMVC 2018, "RISE"). A faithful map
@@ -34,7 +35,16 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
 
-FRACTIONS: tuple[float, ...] = tuple(step / 10 for step in range(10))
+
+def fractions_every(percent: int) -> tuple[float, ...]:
+    """The fractions ``0, p, 2p, … ≤ 0.9`` for a whole-number step of ``percent`` % (1 … 90)."""
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 90:
+        raise ValueError(f"the perturbation step must be a whole percentage in 1 … 90, got {percent!r}")
+    return tuple(k / 100 for k in range(0, 91, percent))
+
+
+#: The standard steps: 0%, 10%, …, 90% of the patches.
+FRACTIONS: tuple[float, ...] = fractions_every(10)
 BASELINES: tuple[str, ...] = ("black", "mean", "blur")
 #: RISE blurs with σ = 5 pixels (Petsiuk et al. 2018, insertion baseline).
 BLUR_SIGMA = 5.0
