@@ -39,6 +39,7 @@ from explainers.models import LoadedModel  # noqa: E402
 OUT_DIR = ROOT / "explainers" / "embedded"
 IMG_SIZE, PATCH_SIZE, NUM_CLASSES = 64, 8, 10
 TEST_IMAGES, TEST_SEED = 2000, 1
+LARGE_TEST_IMAGES, LARGE_TEST_SEED = 10_000, 4  # a tighter estimate: ±0.6 points (95%) instead of ±1.3
 LOCALISATION_IMAGES, LOCALISATION_SEED = 500, 3
 STATS_IMAGES, STATS_SEED = 4096, 2
 
@@ -182,10 +183,14 @@ def train(args: argparse.Namespace, mean: list[float], std: list[float]) -> tupl
 
 def evaluate(model: torch.nn.Module, mean: list[float], std: list[float]) -> dict[str, float | int]:
     test = cluttered_digits(TEST_IMAGES, seed=TEST_SEED, split="test")
+    large = cluttered_digits(LARGE_TEST_IMAGES, seed=LARGE_TEST_SEED, split="test")
     metrics: dict[str, float | int] = {
         "test_images": TEST_IMAGES,
         "test_seed": TEST_SEED,
         "test_accuracy": round(accuracy(model, normalise(test.images, mean, std), test.labels), 4),
+        "large_test_images": LARGE_TEST_IMAGES,
+        "large_test_seed": LARGE_TEST_SEED,
+        "large_test_accuracy": round(accuracy(model, normalise(large.images, mean, std), large.labels), 4),
         "gallery_accuracy": round(gallery_accuracy(model, mean, std), 4),
     }
     print(json.dumps(metrics), flush=True)

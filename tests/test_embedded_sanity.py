@@ -107,7 +107,7 @@ def test_held_out_accuracy_matches_the_model_card(loaded, card):
     test = cluttered_digits(card["test_images"], seed=card["test_seed"], split="test")
     x = torch.stack([loaded.preprocess(Image.fromarray(image)) for image in test.images])
     accuracy = (predict(loaded.model, x) == test.labels).mean()
-    assert accuracy >= max(0.9, card["test_accuracy"] - 0.01)
+    assert accuracy >= card["test_accuracy"] - 0.005  # the card's figure, up to float noise
 
 
 # Measured on the gallery and the card's 500 held-out digits (MODEL_CARD.md): all four methods point at the

@@ -107,7 +107,7 @@ def test_hub_weights_offline_fail_fast_with_a_hint(monkeypatch, tmp_path):
 
 
 def test_model_without_pretrained_weights_says_so():
-    with pytest.raises(ModelLoadError, match="no pretrained weights.*weights="):
+    with pytest.raises(ModelLoadError, match=r"no pretrained weights.*weights="):
         load_model("vit_small_patch16_18x2_224")
 
 
