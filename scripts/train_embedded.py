@@ -64,7 +64,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--out", type=Path, default=OUT_DIR)
-    parser.add_argument("--evaluate", action="store_true", help="evaluate the saved model, train nothing")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="evaluate the model in explainers/embedded/, train nothing"
+    )
     return parser.parse_args()
 
 
@@ -282,10 +284,10 @@ def evaluate_saved(config_path: Path) -> None:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    config_path, weights_path = args.out / "config.json", args.out / "model.safetensors"
     if args.evaluate:
-        evaluate_saved(config_path)
+        evaluate_saved(OUT_DIR / "config.json")
         return
+    config_path, weights_path = args.out / "config.json", args.out / "model.safetensors"
     mean, std = data_stats()
     print(f"mean {mean} std {std}", flush=True)
     model, seconds = train(args, mean, std)
@@ -314,6 +316,7 @@ def main() -> None:
             "lr": args.lr,
             "weight_decay": args.weight_decay,
             "augment": args.augment,
+            "n_clutter": args.n_clutter,
             "wall_minutes": round(seconds / 60, 1),
             "threads": args.threads,
             "date": date.today().isoformat(),
