@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
+    if getattr(args, "threads", None):  # the subcommands that run a model take --threads
         torch.set_num_threads(args.threads)
     try:
         return args.run(args)
