@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -190,7 +191,7 @@ class ReviewStore:
         self.path = Path(path) if path is not None else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn)
             migrate(conn)
 
     @contextmanager
@@ -301,6 +302,23 @@ class ReviewStore:
         """Delete review ``review_id`` and its comments; ``False`` if there was no such review."""
         with self._connect() as conn:
             return conn.execute("DELETE FROM reviews WHERE id = ?", (review_id,)).rowcount > 0
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL (a persistent setting). The switch needs the file to itself and SQLite
+    reports ``database is locked`` at once, without its busy handler, while another process creates
+    or switches it; so it is retried until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() == "wal":
+                return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error):
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError("could not switch the review database to WAL: it stays locked")
+        time.sleep(0.02)
 
 
 @contextmanager
