@@ -19,6 +19,7 @@ ICONS = {
     "head_fusion": ":material/view_module:",
     "distributions": ":material/bar_chart:",
     "what_if": ":material/tune:",
+    "evaluate": ":material/analytics:",
     "reviews": ":material/rate_review:",
 }
 
@@ -27,7 +28,6 @@ pages = {
     key: st.Page(f"views/{key}.py", title=title, icon=ICONS[key], url_path=key, default=key == "compare")
     for key, title in state.PAGES.items()
 }
-pages["evaluate"] = st.Page("views/evaluate.py", title="Evaluate", icon=":material/analytics:")
 page = st.navigation(list(pages.values()), position="top")
 key = next(k for k, p in pages.items() if p.url_path == page.url_path)
 if state.first_run() and state.view().page != key:

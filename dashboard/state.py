@@ -58,6 +58,7 @@ PAGES: dict[str, str] = {
     "head_fusion": "Head fusion",
     "distributions": "Attention distributions",
     "what_if": "What-if explorer",
+    "evaluate": "Evaluate",
     "reviews": "Review board",
 }
 #: Analyses (captures) kept in memory across all sessions.

@@ -9,17 +9,21 @@
 from .capture import Capture, capture
 from .compute import compute, explain
 from .layout import TokenLayout
+from .models import LoadedModel, available_devices, load_model
 from .registry import Explainer, Param, get_explainer, list_explainers, register
 
 __all__ = [
     "Capture",
     "Explainer",
+    "LoadedModel",
     "Param",
     "TokenLayout",
+    "available_devices",
     "capture",
     "compute",
     "explain",
     "get_explainer",
     "list_explainers",
+    "load_model",
     "register",
 ]

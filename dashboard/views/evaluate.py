@@ -210,3 +210,4 @@ def main() -> None:
 
 
 main()
+widgets.share_link()
