@@ -31,6 +31,8 @@ PAGES = {
     "head_fusion": "",
     "distributions": "",
     "what_if": "&rollout.discard_ratio=0.8&rollout.head_fusion=max",
+    "evaluate": "",
+    "reviews": "",
 }
 START_TIMEOUT_S, RENDER_TIMEOUT_MS = 120, 120_000
 
@@ -90,9 +92,10 @@ def browser():
 
 
 def wait_until_idle(page) -> None:
-    """Wait for the first image or chart of the main area, then for the app to finish running."""
-    page.locator("[data-testid=stMain] [data-testid=stImage] img, [data-testid=stMain] .js-plotly-plot") \
-        .first.wait_for(timeout=RENDER_TIMEOUT_MS)
+    """Wait for the first image or chart of the main area (or the link at the end of a page that has
+    neither), then for the app to finish running."""
+    page.locator("[data-testid=stMain] [data-testid=stImage] img, [data-testid=stMain] .js-plotly-plot, "
+                 "[data-testid=stMain] [data-testid=stCode]").first.wait_for(timeout=RENDER_TIMEOUT_MS)
     page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')",
                            timeout=RENDER_TIMEOUT_MS)
 
