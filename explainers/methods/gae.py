@@ -24,7 +24,7 @@ def gae(capture: Capture, *, start_layer: int) -> torch.Tensor:
     """
     layout = capture.layout
     fused = (
-        (capture.gradients[layer].float() * capture.attentions[layer].float()).clamp_min(0).mean(dim=1)
+        (capture.gradients[layer].float() * capture.attentions[layer].float()).clamp_(min=0).mean(dim=1)
         for layer in reversed(range(start_layer, capture.num_layers))
     )
     return cls_row_product(fused, layout.cls_index, layout.num_tokens, normalise=False)
