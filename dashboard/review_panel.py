@@ -18,8 +18,9 @@ import torch
 from dashboard import state
 from explainers.attention_stats import MAP_SUMMARIES
 from explainers.metrics.agreement import agreement_table
+from explainers.registry import method_label
 from explainers.reviews import ReviewStore, Snapshot, default_path
-from explainers.reviews.export import method_label, png_bytes
+from explainers.reviews.export import png_bytes
 
 
 @st.cache_resource(show_spinner=False)

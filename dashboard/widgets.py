@@ -101,10 +101,6 @@ def option_control(
     return param.validate(chosen, dims)
 
 
-def method_label(method: str) -> str:
-    return get_explainer(method).label
-
-
 def overlay_image(relevance: torch.Tensor, *, box: bool = True) -> np.ndarray:
     """The map over the model's view of the image with the display options, and the true box if known."""
     view, analysis = state.view(), state.scene().analysis

@@ -174,6 +174,12 @@ def list_explainers() -> list[str]:
     return list(_REGISTRY)
 
 
+def method_label(name: str) -> str:
+    """The registered label of a method, or its name if no such method is registered here."""
+    _load_methods()
+    return _REGISTRY[name].label if name in _REGISTRY else name
+
+
 def get_explainer(name: str) -> Explainer:
     """The explainer registered as ``name``, or a ``ValueError`` listing the valid names."""
     _load_methods()

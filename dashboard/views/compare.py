@@ -8,6 +8,7 @@ import torch
 from dashboard import review_panel, state, widgets
 from explainers import get_explainer, list_explainers
 from explainers.metrics.agreement import agreement_table
+from explainers.registry import method_label
 from explainers.render import colorbar
 
 COLUMNS = 4
@@ -47,7 +48,7 @@ def agreement(maps: dict[str, torch.Tensor]) -> None:
     slider, _ = st.columns([1, 2])
     with slider:
         top = widgets.option_control("top_percent", label="Top region (% of the patches)")
-    maps = {widgets.method_label(m): relevance[None] for m, relevance in maps.items()}
+    maps = {method_label(m): relevance[None] for m, relevance in maps.items()}
     table = agreement_table(maps, top / 100).rename(columns={"method A": "Method", "method B": "vs"})
     st.dataframe(
         table,
@@ -74,7 +75,7 @@ def main() -> None:
                     f"(p = {probability:.1%})? Every explainer answers from the same forward and backward "
                     "pass.")
         methods = widgets.controlled(st.multiselect, "c.methods", view.shown_methods(), label="Explainers",
-                                     options=list_explainers(), format_func=widgets.method_label)
+                                     options=list_explainers(), format_func=method_label)
         state.commit(replace(state.view(), methods=None if methods == list_explainers() else tuple(methods)))
         legend, _ = st.columns([2, 3])
         legend.image(colorbar(view.option("colormap"), height=10), width="stretch",

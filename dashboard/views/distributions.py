@@ -10,6 +10,7 @@ import torch
 import explainers
 from dashboard import state, widgets
 from explainers import Capture, attention_stats
+from explainers.registry import method_label
 
 ROLLOUT = "rollout"
 RATIOS = np.round(np.linspace(0.0, 0.95, 20), 2)
@@ -115,7 +116,7 @@ def discard_sweep() -> None:
     st.subheader("How the discard ratio changes the map")
     left, right = st.columns(2)
     with left:
-        method = widgets.option_control("sweep", label="Explainer", format_func=widgets.method_label)
+        method = widgets.option_control("sweep", label="Explainer", format_func=method_label)
     with right:
         summary = widgets.option_control("summary", label="Summary", format_func=SUMMARY_LABELS.get)
     scene, params = state.scene(), state.explainer_params(method)

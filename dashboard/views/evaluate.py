@@ -30,6 +30,7 @@ from explainers.images import EXTENSIONS, content_hash, read_image
 from explainers.metrics.perturbation import BASELINES, CURVES
 from explainers.metrics.sanity import SANITY_THRESHOLD, fails_sanity
 from explainers.models import LoadedModel
+from explainers.registry import method_label
 
 ROWS, SIGNATURE, TOTAL, SKIPPED = "ev.rows", "ev.signature", "ev.total", "ev.skipped"
 SOURCES = {"digits": "Generated cluttered digits", "gallery": "Gallery", "uploads": "Uploaded images"}
@@ -80,11 +81,11 @@ def settings(model: LoadedModel) -> Evaluation | None:
     """Explainers (with their parameters, shared with the other pages) and metric settings."""
     view = state.view()
     methods = widgets.controlled(st.multiselect, "ev.methods", view.shown_methods(), label="Explainers",
-                                 options=list_explainers(), format_func=widgets.method_label)
+                                 options=list_explainers(), format_func=method_label)
     state.commit(replace(state.view(), methods=None if methods == list_explainers() else tuple(methods)))
     if methods:
         for column, method in zip(st.columns(len(methods)), methods, strict=True):
-            with column.expander(widgets.method_label(method)):
+            with column.expander(method_label(method)):
                 widgets.explainer_controls(method)
     left, middle, right = st.columns(3)
     metrics = left.multiselect("Metrics", METRICS, default=list(METRICS), format_func=METRIC_LABELS.get,

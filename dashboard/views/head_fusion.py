@@ -5,6 +5,7 @@ import streamlit as st
 from dashboard import state, widgets
 from explainers import get_explainer, list_explainers
 from explainers.params import HEAD, HEAD_FUSION, LAYER
+from explainers.registry import method_label
 
 HEADS_PER_ROW = 6
 IMAGE_PX = 260
@@ -24,7 +25,7 @@ def fusion_grid() -> None:
         column.markdown(f"**{fusion}** over heads")
     for method in (m for m in list_explainers() if declares(m, HEAD_FUSION.name)):
         row = st.columns([1, *[2] * len(fusions)])
-        row[0].markdown(f"**{widgets.method_label(method)}**")
+        row[0].markdown(f"**{method_label(method)}**")
         for column, fusion in zip(row[1:], fusions, strict=True):
             relevance = state.compute_maps([method], head_fusion=fusion, head=None)[method]
             column.image(widgets.overlay_image(relevance), caption=f"{method} · {fusion}", width=IMAGE_PX)
@@ -35,7 +36,7 @@ def heads_of_layer() -> None:
     method = next(m for m in list_explainers() if declares(m, LAYER.name, HEAD.name))
     with st.columns([1, 2])[0]:
         layer = widgets.option_control("layer", label="Layer")
-    st.caption(f"{widgets.method_label(method)} of layer {layer}, one map per head.")
+    st.caption(f"{method_label(method)} of layer {layer}, one map per head.")
     heads = range(state.scene().dims["num_heads"])
     for start in range(0, len(heads), HEADS_PER_ROW):
         row = heads[start : start + HEADS_PER_ROW]

@@ -7,8 +7,9 @@ import plotly.io as pio
 import streamlit as st
 
 from dashboard import review_panel, state, widgets
+from explainers.registry import method_label
 from explainers.reviews import Review, ReviewStore, ReviewSummary
-from explainers.reviews.export import FORMATS, export_files, method_label, overlays, params_text
+from explainers.reviews.export import FORMATS, export_files, overlays, params_text
 
 ALL = "All"
 #: Filter (a column of the board) → label.

@@ -9,6 +9,7 @@ import explainers
 from dashboard import state, widgets
 from explainers import get_explainer
 from explainers.metrics.agreement import spearman, top_k_iou
+from explainers.registry import method_label
 
 
 @st.fragment
@@ -44,7 +45,7 @@ def explore(method: str) -> None:
 
 def main() -> None:
     st.header("What-if explorer")
-    method = widgets.option_control("explore", label="Explainer", format_func=widgets.method_label)
+    method = widgets.option_control("explore", label="Explainer", format_func=method_label)
     explainer = get_explainer(method)
     st.markdown(f"**{explainer.label}**: {explainer.description}")
     st.caption(f"Reference: {explainer.reference}")

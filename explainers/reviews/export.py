@@ -20,7 +20,7 @@ import plotly.io as pio
 from PIL import Image, ImageDraw, ImageFont
 
 from ..images import read_image
-from ..registry import get_explainer
+from ..registry import method_label
 from ..render import DEFAULT_COLORMAP, DEFAULT_OPACITY, colorbar, overlay
 from .store import Review
 
@@ -35,14 +35,6 @@ def display_settings(review: Review) -> tuple[float, str]:
     """``(opacity, colormap)`` of the saved view (its URL state), or the defaults."""
     state = review.snapshot.state
     return float(state.get("opacity", DEFAULT_OPACITY)), str(state.get("colormap", DEFAULT_COLORMAP))
-
-
-def method_label(name: str) -> str:
-    """The registered label of a method (its name if it is not installed here)."""
-    try:
-        return get_explainer(name).label
-    except ValueError:
-        return name
 
 
 def params_text(params: Mapping[str, Any]) -> str:
