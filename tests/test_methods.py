@@ -166,6 +166,22 @@ def test_per_image_targets_equal_separate_runs(deit_tiny, images):
 def test_kth_smallest_agrees_with_torch_kthvalue():
     from explainers.attention_ops import kth_smallest
 
-    values = torch.randn(5, 1000).round(decimals=1)  # many ties
-    for k in (1, 17, 500, 1000):
+    values = torch.randn(6, 1000).round(decimals=1)  # many ties
+    values[2:4] = values[2:4].clamp_min(0)  # long runs of zeros, as a ReLU leaves them
+    values[4, :900] = 0
+    for k in (1, 17, 500, 899, 900, 901, 1000):
         torch.testing.assert_close(kth_smallest(values, k), values.kthvalue(k, dim=1, keepdim=True).values)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9, 0.99])
+def test_discard_equals_the_reference_with_ties_and_zeros(ratio):
+    from explainers.attention_ops import discard_lowest
+
+    generator = torch.Generator().manual_seed(1)
+    fused = torch.rand(5, 17, 17, generator=generator, dtype=torch.float64).round(decimals=1)
+    fused[1] = fused[1].clamp_min(0.6) - 0.6  # mostly zeros
+    fused[2, 1:, 1:] = 0.0  # only zeros among the candidates
+    fused[3] = 0.25  # all tied at a non-zero value
+    out = discard_lowest(fused, ratio).numpy()
+    for b in range(5):
+        np.testing.assert_array_equal(out[b], reference.discard(fused[b].numpy(), ratio))
