@@ -9,13 +9,14 @@ then cheap tensor maths on this object (see :func:`explainers.compute`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from .layout import TokenLayout
-from .recorder import AttentionRecorder
+from .recorder import AttentionRecorder, ForwardStopped
 
 Target = int | Sequence[int] | torch.Tensor | None
 
@@ -28,15 +29,16 @@ class Capture:
         attentions: per block, the post-softmax attention ``(B, H, N, N)``, in block order.
         gradients: per block, ``∂y_t/∂A_l`` ``(B, H, N, N)`` paired with ``attentions``; ``None`` when the
             capture was made without gradients.
-        logits: the model's output ``(B, C)``.
-        targets: the class ``t`` explained for each image ``(B,)``.
+        logits: the model's output ``(B, C)``; ``None`` when captured with ``logits=False``.
+        targets: the class ``t`` explained for each image ``(B,)``; ``None`` when there are no logits and
+            no target was given.
         layout: prefix tokens and patch grid.
     """
 
     attentions: tuple[torch.Tensor, ...]
     gradients: tuple[torch.Tensor, ...] | None
-    logits: torch.Tensor
-    targets: torch.Tensor
+    logits: torch.Tensor | None
+    targets: torch.Tensor | None
     layout: TokenLayout
 
     @property
@@ -49,11 +51,11 @@ class Capture:
 
     @property
     def batch_size(self) -> int:
-        return self.logits.shape[0]
+        return self.attentions[0].shape[0]
 
     @property
     def device(self) -> torch.device:
-        return self.logits.device
+        return self.attentions[0].device
 
     @property
     def dims(self) -> dict[str, int]:
@@ -63,7 +65,7 @@ class Capture:
     @property
     def nbytes(self) -> int:
         tensors = [*self.attentions, *(self.gradients or ()), self.logits, self.targets]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def upto(self, stop: int) -> Capture:
         """The same capture seen through blocks ``0 .. stop-1`` only (for layer-by-layer views)."""
@@ -79,15 +81,18 @@ class Capture:
         elif not isinstance(index, slice):
             index = torch.as_tensor(index, dtype=torch.long, device=self.device)
 
-        def pick(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
+        def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[index]
+
+        def pick_all(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
             return None if tensors is None else tuple(t[index] for t in tensors)
 
         return replace(
             self,
-            attentions=pick(self.attentions),
-            gradients=pick(self.gradients),
-            logits=self.logits[index],
-            targets=self.targets[index],
+            attentions=pick_all(self.attentions),
+            gradients=pick_all(self.gradients),
+            logits=pick(self.logits),
+            targets=pick(self.targets),
         )
 
 
@@ -151,6 +156,7 @@ def capture(
     target: Target = None,
     *,
     gradients: bool = True,
+    logits: bool = True,
     dtype: torch.dtype | None = None,
 ) -> Capture:
     """Run ``model`` once on ``images`` and keep what the explainers need.
@@ -163,6 +169,11 @@ def capture(
         gradients: also compute ``∂y_t/∂A_l`` (needed by gradient methods such as ``grad_rollout``, ``gae``).
             The backward pass goes from the target logits to the attention maps only; no parameter
             gradient is computed and ``.grad`` fields are left untouched.
+        logits: run the model to its output and keep the logits. ``logits=False`` (without gradients)
+            stops the forward pass right after the last block's attention map, which is all that
+            attention-only methods (``rollout``, ``raw_attention``) read: it saves the rest of the network
+            (the last MLP and the head, about 7% of a ViT-Ti/16 forward) and works on headless backbones.
+            The capture's ``logits`` is then ``None``, and so is ``targets`` unless ``target`` is given.
         dtype: store attention and gradients in this dtype (e.g. ``torch.float16`` to halve the memory of
             large models); explainers compute in float32 whatever the storage.
 
@@ -172,15 +183,22 @@ def capture(
     blocks = attention_blocks(model)
     images = _check_images(model, images)
     layout = TokenLayout.from_model(model, tuple(images.shape[-2:]))
+    if gradients and not logits:
+        raise ValueError("gradients need the logits: capture with logits=True (the default)")
     num_classes = int(getattr(model, "num_classes", 0))
-    if num_classes <= 0:
-        raise ValueError("model has no classifier head (num_classes=0): explainers need class logits.")
+    if num_classes <= 0 and (logits or target is not None):
+        raise ValueError(
+            "model has no classifier head (num_classes=0): only attention-only methods such as rollout "
+            "apply (explain without a target, or capture with gradients=False, logits=False)."
+        )
     targets = None if target is None else _check_targets(target, images.shape[0], num_classes, images.device)
 
-    with torch.set_grad_enabled(gradients), AttentionRecorder() as recorder:
+    output = None
+    with torch.set_grad_enabled(gradients), AttentionRecorder(None if logits else len(blocks)) as recorder:
         if gradients:
             images = images.detach().requires_grad_(True)
-        logits = model(images)
+        with suppress(ForwardStopped):
+            output = model(images)
     attentions = recorder.attentions
     if len(attentions) != len(blocks):
         raise ValueError(
@@ -192,18 +210,18 @@ def capture(
             f"attention covers {attentions[0].shape[-1]} tokens but the layout expects {layout.num_tokens} "
             f"({layout.num_prefix} prefix + {layout.grid[0]}×{layout.grid[1]} patches)"
         )
-    if targets is None:
-        targets = logits.detach().argmax(dim=-1)
+    if targets is None and output is not None:
+        targets = output.detach().argmax(dim=-1)
 
     store = dtype or attentions[0].dtype
     grads = None
     if gradients:
-        score = logits.gather(1, targets[:, None]).sum()  # images are independent: Σ_b y_b,t_b
+        score = output.gather(1, targets[:, None]).sum()  # images are independent: Σ_b y_b,t_b
         grads = tuple(g.to(store) for g in torch.autograd.grad(score, attentions))
     return Capture(
         attentions=tuple(a.detach().to(store) for a in attentions),
         gradients=grads,
-        logits=logits.detach(),
+        logits=None if output is None else output.detach(),
         targets=targets,
         layout=layout,
     )

@@ -21,8 +21,11 @@ def explain(
 ) -> torch.Tensor:
     """Maps ``(B, gh, gw)`` of ``method`` for ``images``: ``compute(capture(model, images, target), ...)``.
 
-    Parameters are checked before the model runs; gradients are computed only if the method needs them.
+    Parameters are checked before the model runs. A gradient method gets the full forward and backward
+    pass; a method without gradients reads the attention only, so the forward pass stops at the last
+    attention map (``capture(..., gradients=False, logits=False)``).
     """
     explainer = get_explainer(method)
     explainer.validate(params, model_dims(model))
-    return explainer(capture(model, images, target, gradients=explainer.needs_gradients), **params)
+    grads = explainer.needs_gradients
+    return explainer(capture(model, images, target, gradients=grads, logits=grads), **params)

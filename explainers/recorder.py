@@ -30,12 +30,21 @@ def _softmax_dim(args: tuple, kwargs: dict) -> int | None:
     return dim
 
 
-class AttentionRecorder(TorchFunctionMode):
-    """Context manager collecting post-softmax self-attention maps ``(B, H, N, N)`` in call order."""
+class ForwardStopped(Exception):
+    """Raised by :class:`AttentionRecorder` once it holds ``stop_after`` maps: the rest is not needed."""
 
-    def __init__(self) -> None:
+
+class AttentionRecorder(TorchFunctionMode):
+    """Context manager collecting post-softmax self-attention maps ``(B, H, N, N)`` in call order.
+
+    With ``stop_after=n`` the forward pass is cut short by :class:`ForwardStopped` as soon as the
+    ``n``-th map is recorded (nothing after the last attention map of a ViT changes the maps).
+    """
+
+    def __init__(self, stop_after: int | None = None) -> None:
         super().__init__()
         self.attentions: list[torch.Tensor] = []
+        self.stop_after = stop_after
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -43,8 +52,13 @@ class AttentionRecorder(TorchFunctionMode):
             return self._attention(*args, **kwargs)
         out = func(*args, **kwargs)
         if func in _SOFTMAX_FUNCS and _is_self_attention(out) and _softmax_dim(args, kwargs) in (-1, 3):
-            self.attentions.append(out)
+            self._record(out)
         return out
+
+    def _record(self, attention: torch.Tensor) -> None:
+        self.attentions.append(attention)
+        if len(self.attentions) == self.stop_after:
+            raise ForwardStopped
 
     def _attention(
         self,
@@ -75,7 +89,7 @@ class AttentionRecorder(TorchFunctionMode):
                 scores = scores + attn_mask
         attn = scores.softmax(dim=-1)
         if _is_self_attention(attn):
-            self.attentions.append(attn)
+            self._record(attn)
         if dropout_p > 0.0:
             attn = F.dropout(attn, p=dropout_p)
         return attn @ value

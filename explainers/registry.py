@@ -153,6 +153,11 @@ def register(
     The decorated function takes the capture and the declared parameters as keywords and returns the
     ``(B, N)`` relevance of every token from the class token's point of view (prefix tokens included;
     the registry cuts them off and lays the patches on the grid).
+
+    ``needs_gradients=True``: the method reads ``capture.gradients`` (taken for ``capture.targets``).
+    ``needs_gradients=False``: it reads only ``capture.attentions`` and ``capture.layout``, so
+    :func:`explainers.explain` stops the forward pass at the last attention map and gives it a capture
+    without logits.
     """
 
     def decorate(fn: ExplainerFn) -> ExplainerFn:

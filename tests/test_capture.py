@@ -179,3 +179,34 @@ def test_subset_and_upto(deit_tiny, images):
     torch.testing.assert_close(
         explainers.compute(short, "raw_attention"), explainers.compute(cap, "raw_attention", layer=3)
     )
+
+
+def test_attention_only_capture_stops_at_the_last_attention_map(deit_tiny, images):
+    full = explainers.capture(deit_tiny, images, gradients=False)
+    calls = []
+    after_last_attention = (deit_tiny.blocks[-1].mlp, deit_tiny.head)
+    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in after_last_attention]
+    try:
+        short = explainers.capture(deit_tiny, images, gradients=False, logits=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == []  # neither the last MLP nor the head ran
+    assert short.logits is None and short.targets is None
+    assert all(torch.equal(a, b) for a, b in zip(short.attentions, full.attentions, strict=True))
+    assert short.nbytes == full.nbytes - full.logits.nbytes - full.targets.nbytes
+    assert short.subset(1).batch_size == 1 and short.subset(1).logits is None
+    for method in ("rollout", "raw_attention"):
+        assert torch.equal(explainers.explain(deit_tiny, images, method), explainers.compute(full, method))
+    with pytest.raises(ValueError, match="gradients need the logits"):
+        explainers.capture(deit_tiny, images, logits=False)
+
+
+def test_attention_only_methods_explain_a_headless_backbone(images):
+    backbone = make_vit("deit_tiny_patch16_224", num_classes=0)
+    maps = explainers.explain(backbone, images, "rollout", discard_ratio=0.5)
+    assert maps.shape == (2, 14, 14) and torch.isfinite(maps).all()
+    with pytest.raises(ValueError, match="no classifier head"):
+        explainers.explain(backbone, images, "gae")
+    with pytest.raises(ValueError, match="no classifier head"):
+        explainers.explain(backbone, images, "rollout", target=3)
