@@ -6,21 +6,25 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-FUSIONS = {
-    "mean": lambda a: a.mean(dim=1),
-    "max": lambda a: a.amax(dim=1),
-    "min": lambda a: a.amin(dim=1),
-}
+FUSIONS = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}
 
 
-def fuse_heads(attention: torch.Tensor, how: str) -> torch.Tensor:
-    """``(B, H, N, N)`` → ``(B, N, N)`` by the mean, max or min over heads, in float32."""
-    return FUSIONS[how](attention.float())
+def fuse_heads(attention: torch.Tensor, how: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, H, N, N)`` → ``(B, N, N)`` by the mean, max or min over heads, in float32.
+
+    ``out``: a float32 ``(B, N, N)`` workspace to write into (a layer loop can reuse one: fresh tensors of
+    this size cost a page fault per 4 KiB on every allocation).
+    """
+    if out is None:
+        out = torch.empty(attention.shape[:1] + attention.shape[2:], device=attention.device)
+    return FUSIONS[how](attention.float(), dim=1, out=out)
 
 
-def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th smallest value (1-based) of each row of ``values`` ``(R, M)``, shape ``(R, 1)``.
+def kth_smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k``-th smallest value (1-based) of each row of ``values`` ``(R, M)``, shape ``(R, 1)``, and
+    the surplus ``#{entries ≤ it} - k`` per row ``(R,)`` (non-zero only when it is tied).
 
     On the CPU NumPy's introselect (``np.partition``) is about eight times faster than ``torch.kthvalue``,
     but twenty times slower when the ``k``-th value falls in a long run of equal values. The run that
@@ -28,16 +32,22 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     with at least ``k`` zeros is answered by 0 and only the other rows are partitioned.
     """
     if values.device.type != "cpu":
-        return values.kthvalue(k, dim=1, keepdim=True).values
+        threshold = values.kthvalue(k, dim=1, keepdim=True).values
+        return threshold, (values <= threshold).sum(dim=1) - k
+    threshold = torch.zeros(values.shape[0], 1, dtype=values.dtype)
+    surplus = torch.zeros(values.shape[0], dtype=torch.long)
     zero_run = values.amin(dim=1) == 0  # non-negative rows with zeros; count them only there
     with_zeros = _rows(zero_run)
-    zero_run[with_zeros] = torch.count_nonzero(values[with_zeros] == 0, dim=1) >= k
-    threshold = torch.zeros(values.shape[0], 1, dtype=values.dtype)
+    zeros = torch.count_nonzero(values[with_zeros] == 0, dim=1)
+    zero_run[with_zeros] = zeros >= k
+    surplus[with_zeros] = zeros - k
     partitioned = _rows(~zero_run)
     if values[partitioned].numel():
-        kth = np.partition(values[partitioned].numpy(), k - 1, axis=1)[:, k - 1 : k]
+        ordered = np.partition(values[partitioned].numpy(), k - 1, axis=1)
+        kth = ordered[:, k - 1 : k]
         threshold[partitioned] = torch.from_numpy(kth)
-    return threshold
+        surplus[partitioned] = torch.from_numpy(np.count_nonzero(ordered[:, k:] == kth, axis=1))
+    return threshold, surplus
 
 
 def _rows(selected: torch.Tensor) -> torch.Tensor | slice:
@@ -45,34 +55,44 @@ def _rows(selected: torch.Tensor) -> torch.Tensor | slice:
     return slice(None) if bool(selected.all()) else selected.nonzero().squeeze(1)
 
 
-def discard_lowest(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> torch.Tensor:
-    """Zero, per image, the ``⌊ratio · (N-1)²⌋`` smallest entries of ``fused`` ``(B, N, N)``.
+def _zero_at_or_below(rows: torch.Tensor, threshold: torch.Tensor) -> None:
+    """``rows[r, j] = 0`` wherever ``rows[r, j] ≤ threshold[r]``, in place."""
+    if rows.device.type == "cpu":  # one pass per row, three times faster than comparing then multiplying
+        for row, value in zip(rows, threshold[:, 0].tolist(), strict=True):
+            F.threshold_(row, value, 0.0)
+    else:
+        rows.mul_(rows > threshold)
+
+
+def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> torch.Tensor:
+    """Zero, per image and in place, the ``⌊ratio · (N-1)²⌋`` smallest entries of ``fused`` ``(B, N, N)``.
 
     Candidates are the entries whose row and column are both other than ``keep_index`` (the CLS token):
     the CLS token's own row and column are never dropped. The selection is exact: ties at the threshold
     are dropped in row-major order until exactly that many entries are zero. (vit-explain ranked the
     whole flattened matrix, spared only entry (0, 0), and applied it to the first image of a batch only.)
+    Returns ``fused``; callers pass a fresh fused matrix, so no copy of it is made.
     """
     batch, n, _ = fused.shape
     count = int(ratio * (n - 1) ** 2)
     if count == 0:
         return fused
-    out = fused.clone()  # ranked with the CLS row and column out of reach, then zeroed in place
-    out[:, keep_index, :] = torch.inf
-    out[:, :, keep_index] = torch.inf
-    ranked = out.view(batch, -1)
-    threshold = kth_smallest(ranked, count)
-    keep = ranked > threshold
-    excess = ranked.shape[1] - keep.sum(dim=1, dtype=torch.int32) - count  # ties at the threshold
-    tied_rows = _rows((excess > 0) & (threshold[:, 0] != 0))  # tied zeros are zero whether dropped or not
-    if excess[tied_rows].numel():
+    cls_row, cls_column = fused[:, keep_index, :].clone(), fused[:, :, keep_index].clone()
+    fused[:, keep_index, :] = torch.inf  # out of reach of the ranking
+    fused[:, :, keep_index] = torch.inf
+    ranked = fused.view(batch, -1)
+    threshold, surplus = kth_smallest(ranked, count)
+    tied_rows = _rows((surplus > 0) & (threshold[:, 0] != 0))  # tied zeros are zero whether dropped or not
+    spared = None
+    if surplus[tied_rows].numel():  # of the entries tied at the threshold, the last `surplus` stay
         tied = ranked[tied_rows] == threshold[tied_rows]
-        to_drop = tied.sum(dim=1, keepdim=True) - excess[tied_rows, None]
-        keep[tied_rows] |= tied & (tied.cumsum(dim=1) > to_drop)
-    ranked.mul_(keep)
-    out[:, keep_index, :] = fused[:, keep_index, :]
-    out[:, :, keep_index] = fused[:, :, keep_index]
-    return out
+        spared = tied & (tied.cumsum(dim=1) > tied.sum(dim=1, keepdim=True) - surplus[tied_rows, None])
+    _zero_at_or_below(ranked, threshold)
+    if spared is not None:
+        ranked[tied_rows] = torch.where(spared, threshold[tied_rows], ranked[tied_rows])
+    fused[:, keep_index, :] = cls_row
+    fused[:, :, keep_index] = cls_column
+    return fused
 
 
 def cls_row_product(

@@ -95,10 +95,10 @@ def test_rollout_matrices_keep_rows_summing_to_one():
     _, full = reference.rollout(attn, 2, "max", 0.8)
     np.testing.assert_allclose(full.sum(axis=-1), 1.0, rtol=1e-12)
     # the library keeps the whole CLS row internally: its prefix + patch mass sums to one as well
-    from explainers.attention_ops import cls_row_product, discard_lowest, fuse_heads
+    from explainers.attention_ops import cls_row_product, discard_lowest_, fuse_heads
 
     row = cls_row_product(
-        (discard_lowest(fuse_heads(a, "max"), 0.8) for a in reversed(cap.attentions)), 0, 8, normalise=True
+        (discard_lowest_(fuse_heads(a, "max"), 0.8) for a in reversed(cap.attentions)), 0, 8, normalise=True
     )
     torch.testing.assert_close(row.sum(-1), torch.ones(3))
 
@@ -128,10 +128,10 @@ def test_raw_attention_is_the_hand_sliced_cls_row(deit_tiny, images):
 
 
 def test_discard_is_exact_per_image_and_spares_the_cls_row_and_column():
-    from explainers.attention_ops import discard_lowest
+    from explainers.attention_ops import discard_lowest_
 
     fused = torch.rand(4, 10, 10) + 0.01
-    out = discard_lowest(fused, 0.3)
+    out = discard_lowest_(fused.clone(), 0.3)
     for b in range(4):  # every image, not only the first
         assert int((out[b, 1:, 1:] == 0).sum()) == int(0.3 * 81)
         torch.testing.assert_close(out[b, 0], fused[b, 0])
@@ -142,10 +142,10 @@ def test_discard_is_exact_per_image_and_spares_the_cls_row_and_column():
 
 
 def test_discard_breaks_ties_to_the_exact_count():
-    from explainers.attention_ops import discard_lowest
+    from explainers.attention_ops import discard_lowest_
 
     fused = torch.full((1, 5, 5), 0.2)
-    out = discard_lowest(fused, 0.5)
+    out = discard_lowest_(fused.clone(), 0.5)
     assert int((out == 0).sum()) == 8  # ⌊0.5·16⌋ of the 16 tied candidates
 
 
@@ -170,18 +170,20 @@ def test_kth_smallest_agrees_with_torch_kthvalue():
     values[2:4] = values[2:4].clamp_min(0)  # long runs of zeros, as a ReLU leaves them
     values[4, :900] = 0
     for k in (1, 17, 500, 899, 900, 901, 1000):
-        torch.testing.assert_close(kth_smallest(values, k), values.kthvalue(k, dim=1, keepdim=True).values)
+        threshold, surplus = kth_smallest(values, k)
+        torch.testing.assert_close(threshold, values.kthvalue(k, dim=1, keepdim=True).values)
+        torch.testing.assert_close(surplus, (values <= threshold).sum(dim=1) - k)
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9, 0.99])
 def test_discard_equals_the_reference_with_ties_and_zeros(ratio):
-    from explainers.attention_ops import discard_lowest
+    from explainers.attention_ops import discard_lowest_
 
     generator = torch.Generator().manual_seed(1)
     fused = torch.rand(5, 17, 17, generator=generator, dtype=torch.float64).round(decimals=1)
     fused[1] = fused[1].clamp_min(0.6) - 0.6  # mostly zeros
     fused[2, 1:, 1:] = 0.0  # only zeros among the candidates
     fused[3] = 0.25  # all tied at a non-zero value
-    out = discard_lowest(fused, ratio).numpy()
+    out = discard_lowest_(fused.clone(), ratio).numpy()
     for b in range(5):
         np.testing.assert_array_equal(out[b], reference.discard(fused[b].numpy(), ratio))

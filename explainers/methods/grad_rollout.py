@@ -2,7 +2,7 @@
 
 import torch
 
-from ..attention_ops import cls_row_product, discard_lowest
+from ..attention_ops import cls_row_product, discard_lowest_
 from ..capture import Capture
 from ..params import DISCARD_RATIO, START_LAYER
 from ..registry import register
@@ -24,7 +24,7 @@ def grad_rollout(capture: Capture, *, discard_ratio: float, start_layer: int) ->
     """
     layout = capture.layout
     fused = (
-        discard_lowest(
+        discard_lowest_(
             (capture.attentions[layer].float() * capture.gradients[layer].float()).mean(dim=1).clamp_min(0),
             discard_ratio,
             layout.cls_index,

@@ -1,8 +1,10 @@
 """Attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020)."""
 
+from collections.abc import Iterator
+
 import torch
 
-from ..attention_ops import cls_row_product, discard_lowest, fuse_heads
+from ..attention_ops import cls_row_product, discard_lowest_, fuse_heads
 from ..capture import Capture
 from ..params import DISCARD_RATIO, HEAD_FUSION, START_LAYER
 from ..registry import register
@@ -24,8 +26,11 @@ def rollout(capture: Capture, *, head_fusion: str, discard_ratio: float, start_l
     token's row is used (not the distillation token's).
     """
     layout = capture.layout
-    fused = (
-        discard_lowest(fuse_heads(capture.attentions[layer], head_fusion), discard_ratio, layout.cls_index)
-        for layer in reversed(range(start_layer, capture.num_layers))
-    )
-    return cls_row_product(fused, layout.cls_index, layout.num_tokens, normalise=True)
+
+    def fused() -> Iterator[torch.Tensor]:  # one workspace: each Ā_l is consumed before the next is made
+        workspace = None
+        for layer in reversed(range(start_layer, capture.num_layers)):
+            workspace = fuse_heads(capture.attentions[layer], head_fusion, out=workspace)
+            yield discard_lowest_(workspace, discard_ratio, layout.cls_index)
+
+    return cls_row_product(fused(), layout.cls_index, layout.num_tokens, normalise=True)
