@@ -77,6 +77,9 @@ class AttentionRecorder(TorchFunctionMode):
             key = key.repeat_interleave(repeat, dim=-3)
             value = value.repeat_interleave(repeat, dim=-3)
         scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+        plain = attn_mask is None and not is_causal and dropout_p == 0.0
+        if plain and not torch.is_grad_enabled() and query.dim() == 4:
+            return self._attention_without_autograd(query, key, value, scale)
         scores = (query * scale) @ key.transpose(-2, -1)
         if is_causal:
             n_q, n_k = scores.shape[-2:]
@@ -93,3 +96,25 @@ class AttentionRecorder(TorchFunctionMode):
         if dropout_p > 0.0:
             attn = F.dropout(attn, p=dropout_p)
         return attn @ value
+
+    def _attention_without_autograd(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """The same ``softmax(q kᵀ · scale) v`` for ``(B, H, N, d)`` inputs, head by head, in place.
+
+        timm's ``q, k, v`` are strided views into one ``qkv`` tensor; a 4-D matmul would copy them, while
+        each head's ``(B, N, d)`` slice is a valid batched-GEMM operand as it is. The attention is written
+        into one ``(H, B, N, N)`` buffer (recorded as its ``(B, H, N, N)`` view) and the softmax is taken in
+        place; the output is laid out ``(B, N, H, d)`` so that timm's merge of the heads is a free view.
+        """
+        batch, heads, tokens, _ = query.shape
+        attn = query.new_empty(heads, batch, tokens, key.shape[-2])
+        for h in range(heads):
+            torch.baddbmm(attn[h], query[:, h], key[:, h].transpose(1, 2), beta=0.0, alpha=scale, out=attn[h])
+        torch.softmax(attn, dim=-1, out=attn)
+        if _is_self_attention(attn):
+            self._record(attn.transpose(0, 1))
+        out = query.new_empty(batch, tokens, heads, value.shape[-1])
+        for h in range(heads):
+            out[:, :, h] = torch.bmm(attn[h], value[:, h])
+        return out.transpose(1, 2)

@@ -47,6 +47,11 @@ def test_attention_and_gradients_match_hooked_backward(deit_tiny, images):
         torch.testing.assert_close(cap.attentions[layer], attentions[layer], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(cap.gradients[layer], gradients[layer], rtol=1e-4, atol=1e-8)
     torch.testing.assert_close(cap.targets, targets)
+    # without autograd the attention is computed head by head, in place: the same maps and logits
+    no_grad = explainers.capture(deit_tiny, images, target=targets, gradients=False)
+    for layer in range(12):
+        torch.testing.assert_close(no_grad.attentions[layer], attentions[layer], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(no_grad.logits, cap.logits, rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_are_of_the_post_softmax_attention():
