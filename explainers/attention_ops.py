@@ -42,8 +42,9 @@ def kth_smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     zero_run[with_zeros] = zeros >= k
     surplus[with_zeros] = zeros - k
     partitioned = _rows(~zero_run)
-    if values[partitioned].numel():
-        ordered = np.partition(values[partitioned].numpy(), k - 1, axis=1)
+    rows = values[partitioned]
+    if rows.numel():
+        ordered = np.partition(rows.numpy(), k - 1, axis=1)
         kth = ordered[:, k - 1 : k]
         threshold[partitioned] = torch.from_numpy(kth)
         surplus[partitioned] = torch.from_numpy(np.count_nonzero(ordered[:, k:] == kth, axis=1))
@@ -85,7 +86,7 @@ def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> t
     tied_rows = _rows((surplus > 0) & (threshold[:, 0] != 0))  # tied zeros are zero whether dropped or not
     spared = None
     if surplus[tied_rows].numel():  # of the entries tied at the threshold, the last `surplus` stay
-        tied = ranked[tied_rows] == threshold[tied_rows]
+        tied = ranked[tied_rows] == threshold[tied_rows]  # before any entry is zeroed
         spared = tied & (tied.cumsum(dim=1) > tied.sum(dim=1, keepdim=True) - surplus[tied_rows, None])
     _zero_at_or_below(ranked, threshold)
     if spared is not None:
