@@ -75,8 +75,8 @@ class RayEvaluation:
         address: :data:`LOCAL` starts a Ray instance for the run (stopped at the end), ``"auto"`` joins the
             cluster of this machine, ``"HOST:PORT"`` that cluster. When this process is already connected
             to Ray, that connection is used and left open.
-        workers: number of workers; default one per GPU with CUDA, else one per ``threads`` CPUs of the
-            cluster.
+        workers: number of workers; default one per free GPU of the cluster with CUDA, else one per
+            ``threads`` free CPUs. More than fit is a ``ValueError`` (they would wait for ever).
         threads: torch CPU threads of each worker (also the CPUs Ray reserves for it).
         restarts: how many times Ray restarts a worker that died (its queued batches are rerun).
     """
@@ -117,11 +117,16 @@ class RayEvaluation:
     def _start_workers(self) -> None:
         ray = self.ray
         gpu = torch.device(self.device).type == "cuda"
-        resources = ray.cluster_resources()
-        fitting = resources.get("GPU", 0) if gpu else resources.get("CPU", 1) // self.threads
-        count = self.workers or int(fitting)
-        if count < 1:
-            raise ValueError(f"the Ray cluster has no {'GPU' if gpu else 'CPU'} free for a worker")
+        free = ray.available_resources()
+        fitting = int(free.get("GPU", 0) if gpu else free.get("CPU", 0) // self.threads)
+        count = self.workers or fitting
+        kind = "GPU" if gpu else "CPU"
+        if not 1 <= count <= fitting:  # a worker that cannot be placed would wait for ever
+            need = f"{count} worker(s) need {count if gpu else count * self.threads} {kind}(s)"
+            raise ValueError(
+                f"{need if count else 'a worker needs a ' + kind}, but the Ray cluster has "
+                f"{free.get(kind, 0):g} free: choose fewer --workers or --threads, or add machines"
+            )
         loaded = self.evaluation.loaded
         actor = ray.remote(_Worker).options(
             num_cpus=self.threads, num_gpus=1 if gpu else 0, max_restarts=self.restarts,
@@ -129,7 +134,13 @@ class RayEvaluation:
         )
         model = (loaded.spec, self.device, loaded.weights)
         self.actors = [actor.remote(model, self.evaluation.settings(), self.threads) for _ in range(count)]
-        self.pids = self._get([a.pid.remote() for a in self.actors])
+        try:
+            self.pids = self._get([a.pid.remote() for a in self.actors])
+        except ray.exceptions.RayActorError as error:
+            raise ValueError(
+                "a Ray worker could not load the model (every machine needs the project, and the --weights "
+                f"file, at the same path as here): {error}"
+            ) from None
 
     def _get(self, refs: Any) -> Any:
         """``ray.get``; an error raised in a worker comes back as itself (a ``ValueError`` stays one)."""
