@@ -34,10 +34,9 @@ from .evaluate import (
     Evaluation,
     Sample,
     cluttered_samples,
-    folder_samples,
-    image_files,
     summary_table,
 )
+from .inputs import image_files, image_items, load_samples
 from .metrics.perturbation import BASELINES
 from .models import LoadedModel, load_model
 from .registry import Param, get_explainer, list_explainers
@@ -52,7 +51,9 @@ def _add_common(parser: argparse.ArgumentParser, images_help: str) -> None:
     parser.add_argument("--model", default="embedded", help="'embedded' (default) or a timm model name")
     parser.add_argument("--weights", help="local .safetensors/.pth/.pt weights for --model")
     parser.add_argument("--images", required=True, help=images_help)
-    parser.add_argument("--methods", default="all", help="comma-separated explainers, or 'all' (default)")
+    names = ", ".join(list_explainers())
+    parser.add_argument("--methods", default="all",
+                        help=f"comma-separated explainers ({names}), or 'all' (default)")
     parser.add_argument(
         "--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
         help="an explainer parameter, e.g. rollout.discard_ratio=0.9 (repeatable; 'none' leaves one unset)",
@@ -62,6 +63,12 @@ def _add_common(parser: argparse.ArgumentParser, images_help: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the cluttered:N images (default: 0)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is "
                         "often faster on a busy machine)")
+    parser.add_argument("--labels", type=Path, metavar="FILE.csv",
+                        help="labels of a flat folder: a CSV with columns path,label (paths relative to "
+                        "--images; labels: class names, WordNet ids for ImageNet models, or class indices)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes reading and decoding the images of a folder (default: %(default)s; "
+                        "0 reads in the main process)")
 
 
 def add_evaluate(subparsers: Any) -> None:
@@ -70,12 +77,17 @@ def add_evaluate(subparsers: Any) -> None:
         description="Score explainers on a set of images; one CSV row per (image, method), written as it is "
         "computed. Rerun with the same --out to resume an interrupted run.",
     )
-    _add_common(parser, "a folder of images, or cluttered:N: N held-out cluttered digits with ground truth")
+    _add_common(parser, "a folder of images (one sub-folder per class names the labels: ImageFolder), or "
+                "cluttered:N: N held-out cluttered digits with ground truth")
     parser.add_argument("--out", required=True, type=Path,
                         help="CSV file of results, numbers to 7 significant digits (resumed if it exists)")
     parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated (default: %(default)s)")
-    parser.add_argument("--baseline", default="black", choices=BASELINES, help="value of removed pixels")
-    parser.add_argument("--target", default="predicted", choices=TARGETS, help="class explained")
+    parser.add_argument("--baseline", default="black", choices=BASELINES,
+                        help="what removed pixels become: black, the training mean, a blur of the image, or "
+                        "road (noisy linear imputation from the neighbours) (default: %(default)s)")
+    parser.add_argument("--target", default="predicted", choices=TARGETS,
+                        help="class explained: the model's prediction or the image's label (Chefer et al. "
+                        "report both) (default: %(default)s)")
     parser.add_argument("--topk", type=float, default=0.1, help="top share of patches for IoU (default 0.1)")
     parser.add_argument("--step", type=int, default=10,
                         help="perturbation step in %% of the patches: 0, step, … ≤ 90%% (default 10)")
@@ -163,24 +175,35 @@ def _typed(param: Param, text: str) -> Any:
         raise ValueError(f"{param.name} must be {param.kind.__name__}, got {text!r}") from None
 
 
-def image_source(images: str) -> int | Path:
+def image_source(images: str, labels: Path | None = None) -> int | Path:
     """``--images``: the N of ``cluttered:N``, or a folder holding images; checked before the model loads."""
     if images.startswith(CLUTTERED):
         count = images[len(CLUTTERED) :]
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"--images {images!r}: expected cluttered:N with N a positive whole number")
+        if labels is not None:
+            raise ValueError("--labels goes with a folder of images; cluttered:N digits have their labels")
         return int(count)
-    image_files(images)
+    if labels is None:
+        image_files(images)
+    elif not labels.is_file():
+        raise ValueError(f"--labels {str(labels)!r} does not exist")
     return Path(images)
 
 
 def load_images(
-    loaded: LoadedModel, source: int | Path, seed: int, skipped: list[tuple[str, str]]
+    loaded: LoadedModel, source: int | Path, args: argparse.Namespace, skipped: list[tuple[str, str]]
 ) -> tuple[Iterator[Sample], int]:
-    """Samples of an :func:`image_source` and their number (unreadable files are added to ``skipped``)."""
+    """Samples of an :func:`image_source` and their number (unreadable files are added to ``skipped``).
+
+    A folder's images are read by ``--workers`` processes (:func:`explainers.inputs.load_samples`); how
+    their labels were found is printed on stderr.
+    """
     if isinstance(source, int):
-        return cluttered_samples(loaded, source, seed), source
-    return folder_samples(loaded, source, skipped), len(image_files(source))
+        return cluttered_samples(loaded, source, args.seed), source
+    items, how = image_items(loaded, source, args.labels)
+    print(f"{len(items)} images, {how}", file=sys.stderr)
+    return load_samples(loaded, items, skipped, workers=args.workers), len(items)
 
 
 class Progress:
@@ -248,7 +271,7 @@ def read_done(path: Path, evaluation: Evaluation) -> set[tuple[str, ...]]:
 def run_evaluate(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods, args.param)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    source = image_source(args.images)
+    source = image_source(args.images, args.labels)
     loaded = load_model(args.model, device=args.device, weights=args.weights)
     evaluation = Evaluation(
         loaded, methods, metrics=metrics, baseline=args.baseline, target=args.target, topk=args.topk,
@@ -256,7 +279,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     done = read_done(args.out, evaluation)
     skipped: list[tuple[str, str]] = []
-    samples, total = load_images(loaded, source, args.seed, skipped)
+    samples, total = load_images(loaded, source, args, skipped)
     counted = {key[0] for key in done if all(evaluation.key(key[0], m) in done for m in evaluation.methods)}
     progress = Progress(total, "evaluate", start=len(counted))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -280,12 +303,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_explain(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods, args.param)
-    source = image_source(args.images)
+    source = image_source(args.images, args.labels)
     loaded = load_model(args.model, device=args.device, weights=args.weights)
     dims = model_dims(loaded.model)
     methods = {name: get_explainer(name).validate(params, dims) for name, params in methods.items()}
     skipped: list[tuple[str, str]] = []
-    samples, total = load_images(loaded, source, args.seed, skipped)
+    samples, total = load_images(loaded, source, args, skipped)
     progress = Progress(total, "explain")
     index: list[dict[str, Any]] = []
     while batch := list(islice(samples, args.batch_size)):
