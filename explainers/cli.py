@@ -66,7 +66,7 @@ def _add_common(parser: argparse.ArgumentParser, images_help: str) -> None:
     parser.add_argument("--labels", type=Path, metavar="FILE.csv",
                         help="labels of a flat folder: a CSV with columns path,label (paths relative to "
                         "--images; labels: class names, WordNet ids for ImageNet models, or class indices)")
-    parser.add_argument("--workers", type=int, default=2,
+    parser.add_argument("--readers", type=int, default=2,
                         help="processes reading and decoding the images of a folder (default: %(default)s; "
                         "0 reads in the main process)")
 
@@ -196,14 +196,14 @@ def load_images(
 ) -> tuple[Iterator[Sample], int]:
     """Samples of an :func:`image_source` and their number (unreadable files are added to ``skipped``).
 
-    A folder's images are read by ``--workers`` processes (:func:`explainers.inputs.load_samples`); how
+    A folder's images are read by ``--readers`` processes (:func:`explainers.inputs.load_samples`); how
     their labels were found is printed on stderr.
     """
     if isinstance(source, int):
         return cluttered_samples(loaded, source, args.seed), source
     items, how = image_items(loaded, source, args.labels)
     print(f"{len(items)} images, {how}", file=sys.stderr)
-    return load_samples(loaded, items, skipped, workers=args.workers), len(items)
+    return load_samples(loaded, items, skipped, workers=args.readers), len(items)
 
 
 class Progress:
