@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from . import statistics
 from .capture import capture, model_dims
 from .compute import compute
 from .evaluate import (
@@ -297,6 +298,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     _report_skipped(skipped)
     frame = pd.read_csv(args.out)
     print(summary_table(frame).T.to_string())
+    print("\n" + statistics.report(frame))
     print(f"\n{len(frame)} rows ({frame['image_id'].nunique()} images) in {args.out}")
     return 0
 

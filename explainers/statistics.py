@@ -118,7 +118,7 @@ def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def ranking_agreement(frame: pd.DataFrame) -> pd.DataFrame:
-    """Kendall's τ-b between the method rankings of every two scores (score × score, labels as index).
+    """Kendall's τ-b between the method rankings of every two scores (score × score, ``"<column> ↑"``).
 
     Each score ranks the methods by its mean over the images, oriented so that larger is better (a
     lower-is-better score is negated); τ = 1: the same order, −1: reversed. Needs two methods or more.
@@ -129,6 +129,39 @@ def ranking_agreement(frame: pd.DataFrame) -> pd.DataFrame:
     )
     means = means.loc[:, means.notna().all()]
     oriented = {c: means[c].to_numpy() * (1 if directions[c][1] else -1) for c in means}
-    labels = [f"{directions[c][0]} {'↑' if directions[c][1] else '↓'}" for c in oriented]
+    labels = [f"{c} {'↑' if directions[c][1] else '↓'}" for c in oriented]
     matrix = [[kendall_tau_b(oriented[a], oriented[b]) for b in oriented] for a in oriented]
     return pd.DataFrame(matrix, index=labels, columns=labels)
+
+
+#: The scores whose method differences the text report gives (the perturbation AUCs).
+REPORTED_DIFFERENCES: tuple[str, ...] = (
+    "positive_auc", "negative_auc", "insertion_auc", "positive_top1_auc", "negative_top1_auc",
+)
+
+
+def report(frame: pd.DataFrame, *, resamples: int = 1000, confidence: float = 0.95) -> str:
+    """Chefer et al.'s table, the paired differences of :data:`REPORTED_DIFFERENCES` and the ranking
+    agreement, as text (what ``python -m explainers evaluate`` prints after the summary)."""
+    parts = []
+    chefer = chefer_table(frame)
+    if len(chefer):
+        parts.append(f"{CHEFER_LABEL} (steps 0 … 90 %; positive ↓, negative ↑):\n"
+                     + chefer.round(2).to_string(index=False))
+    if frame["method"].nunique() >= 2:
+        differences = [
+            paired_bootstrap(frame, score, resamples=resamples, confidence=confidence).assign(score=score)
+            for score in REPORTED_DIFFERENCES if score in frame
+        ]
+        if differences:
+            table = pd.concat(differences)
+            table["interval"] = [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(table["low"], table["high"],
+                                                                              strict=True)]
+            table = table[["score", "method_a", "method_b", "n", "difference", "interval", "better"]]
+            parts.append(f"Paired differences a − b, {confidence:.0%} bootstrap interval over images "
+                         f"({resamples} resamples):\n" + table.round(4).to_string(index=False))
+        agreement = ranking_agreement(frame)
+        if len(agreement) >= 2:
+            parts.append("Kendall's τ-b between the rankings of the methods by each score:\n"
+                         + agreement.round(2).to_string())
+    return "\n\n".join(parts)
