@@ -122,7 +122,7 @@ class _Multigrid:
     The grid's sides must be multiples of ``2^(levels − 1)``."""
 
     def __init__(
-        self, stencil: torch.Tensor, active: torch.Tensor, *, smooth: int = 2, omega: float = 0.9,
+        self, stencil: torch.Tensor, active: torch.Tensor, *, smooth: int = 1, omega: float = 0.9,
         scale: float = 1.5,
     ) -> None:
         self.levels = [_level(stencil, active, omega)]
