@@ -109,7 +109,8 @@ def settings(model: LoadedModel) -> Evaluation | None:
     metrics = left.multiselect("Metrics", METRICS, default=list(METRICS), format_func=METRIC_LABELS.get,
                                key="ev.metrics")
     baseline = middle.selectbox("Removed pixels become", BASELINES, key="ev.baseline",
-                                help="black, the mean colour of the model's training data, or a blurred copy")
+                                help="black, the mean colour of the model's training data, a blurred copy, "
+                                "or road: noisy linear imputation from the kept neighbours (Rong et al.)")
     target = right.selectbox("Class explained", TARGETS, key="ev.target",
                              help="the model's prediction, or the true label (images with a label only)")
     left, middle, right = st.columns(3)
