@@ -40,7 +40,7 @@ WEIGHTS: tuple[float, ...] = tuple(
 CENTRE = OFFSETS.index((0, 0))
 NOISE = 0.01
 COARSEST = 8
-CHUNK_PIXELS = 2**18
+CHUNK_PIXELS = 2**15
 
 
 def _apply(stencil: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -159,7 +159,7 @@ def road_impute(
     noise: float = NOISE,
     generators: Sequence[torch.Generator] | None = None,
     empty: float = 0.0,
-    tol: float = 1e-6,
+    tol: float = 1e-5,
     max_iter: int = 200,
 ) -> torch.Tensor:
     """ROAD's noisy linear imputation of ``images`` ``(B, C, H, W)`` where ``removed`` ``(B, H, W)`` is True.
