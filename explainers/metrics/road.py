@@ -218,7 +218,8 @@ def road_impute(
 
 
 def _pcg(stencil: torch.Tensor, active: torch.Tensor, b: torch.Tensor, tol: float, max_iter: int):
-    """Preconditioned conjugate gradients for every (image, channel) system at once."""
+    """Preconditioned conjugate gradients for every (image, channel) system at once, each stopped when its
+    own relative residual reaches ``tol``."""
     precondition = _Multigrid(stencil, active)
     level = precondition.levels[0]
     x = torch.zeros_like(b)
@@ -228,11 +229,13 @@ def _pcg(stencil: torch.Tensor, active: torch.Tensor, b: torch.Tensor, tol: floa
     rz = (r * z).sum((-2, -1), keepdim=True)
     limit = tol * b.flatten(2).norm(dim=-1)[..., None, None]
     for _ in range(max_iter):
-        if (r.flatten(2).norm(dim=-1)[..., None, None] <= limit).all():
+        # A system that has converged stops moving, so that its result does not depend on the others.
+        running = r.flatten(2).norm(dim=-1)[..., None, None] > limit
+        if not running.any():
             break
         q = level.apply(p)
         pq = (p * q).sum((-2, -1), keepdim=True)
-        alpha = torch.where(pq > 0, rz / pq.clamp_min(1e-30), 0.0)
+        alpha = torch.where(running & (pq > 0), rz / pq.clamp_min(1e-30), 0.0)
         x.addcmul_(alpha, p)
         r.addcmul_(alpha, q, value=-1)
         z = precondition(r)
