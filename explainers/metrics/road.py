@@ -181,7 +181,22 @@ def road_impute(
                          f"and {tuple(removed.shape)}")
     if generators is not None and len(generators) != images.shape[0]:
         raise ValueError(f"one generator per image: {len(generators)} for {images.shape[0]} images")
-    x = images.float()
+    chunk = max(1, CHUNK_PIXELS // (images.shape[-2] * images.shape[-1]))  # the working set stays in cache
+    out = torch.cat([
+        _solve(images[i : i + chunk].float(), removed[i : i + chunk], empty, tol, max_iter)
+        for i in range(0, images.shape[0], chunk)
+    ])
+    if noise:
+        if generators is None:
+            draws = torch.randn(out.shape)
+        else:
+            draws = torch.stack([torch.randn(out.shape[1:], generator=g) for g in generators])
+        out = out + noise * draws.to(out.device) * removed[:, None].to(out.device)
+    return out.to(images.dtype)
+
+
+def _solve(x: torch.Tensor, removed: torch.Tensor, empty: float, tol: float, max_iter: int) -> torch.Tensor:
+    """The noiseless imputation of a few images ``x`` ``(b, C, H, W)``, float32."""
     mask = removed[:, None].to(device=x.device, dtype=x.dtype)
     # The level-0 stencil: −w_ij between two removed pixels, d_i on the diagonal of removed ones.
     h, w = x.shape[-2:]
@@ -199,23 +214,11 @@ def road_impute(
     halvings = max(0, math.ceil(math.log2(max(h, w) / COARSEST)))
     side = 2**halvings
     pad = (0, -w % side, 0, -h % side)
-    active_padded = F.pad(active, pad)
-    stencil, b = F.pad(stencil, pad) * active_padded, F.pad(b, pad)
-    chunk = max(1, CHUNK_PIXELS // (h * w))  # images solved together: the working set stays in cache
-    solution = torch.cat([
-        _pcg(stencil[i : i + chunk], active_padded[i : i + chunk], b[i : i + chunk], tol, max_iter)
-        for i in range(0, x.shape[0], chunk)
-    ])[..., :h, :w]
+    active = F.pad(active, pad)
+    solution = _pcg(F.pad(stencil, pad) * active, active, F.pad(b, pad), tol, max_iter)[..., :h, :w]
     out = torch.where(mask.bool(), solution, x)
     out[empty_images] = empty
-    if noise:
-        if generators is None:
-            draws = torch.randn(x.shape)
-        else:
-            draws = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators])
-        out = out + noise * draws.to(x.device) * mask
-    return out.to(images.dtype)
-
+    return out
 
 def _pcg(stencil: torch.Tensor, active: torch.Tensor, b: torch.Tensor, tol: float, max_iter: int):
     """Preconditioned conjugate gradients for every (image, channel) system at once, each stopped when its
