@@ -8,8 +8,9 @@ included, which is the sparse linear system, per channel::
 
     d_i x_i − Σ_{j ∈ N(i), removed} w_ij x_j = Σ_{j ∈ N(i), kept} w_ij v_j,   d_i = Σ_{j ∈ N(i)} w_ij,
 
-then adds Gaussian noise ``N(0, noise²)`` to the imputed pixels only (``noise = 0.01`` as in the authors'
-code, applied to the tensor the model takes). The matrix is a weighted graph Laplacian with the kept
+then adds Gaussian noise ``N(0, noise²)`` to the imputed pixels only (``noise = 0.01``, the authors'
+default, applied to the tensor the model takes as pytorch-grad-cam's port of their code does). The
+matrix is a weighted graph Laplacian with the kept
 pixels as boundary: symmetric positive definite whenever a pixel is kept, so the system has one
 solution. An image with no pixel kept has none; its removed pixels become ``empty`` (0: the training
 mean of a normalised input) plus the noise.
@@ -18,8 +19,9 @@ The solution is the same as that of a direct sparse solve (the system of pytorch
 ``NoisyLinearImputer``, a copy of the authors' code), to the solver's tolerance. It is computed for a
 whole batch of images and masks at once with conjugate gradients on the pixel grid, preconditioned by
 one symmetric multigrid V-cycle: damped Jacobi smoothing and coarse operators formed by Galerkin
-projection ``Pᵀ A P`` with piecewise-constant 2×2 prolongation ``P`` (aggregation), down to a grid of
-at most 8×8, solved densely. The noise of each image is drawn from its own ``torch.Generator``, so a
+projection ``Pᵀ A P`` with piecewise-constant 2×2 prolongation ``P`` (aggregation; the coarse correction
+is scaled by 1.5, as aggregation wants), down to a grid of at most 8×8, solved densely. Each system stops
+at its own relative residual ``tol``. The noise of each image is drawn from its own ``torch.Generator``, so a
 result does not depend on which other images share the batch.
 """
 
