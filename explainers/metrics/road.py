@@ -10,10 +10,9 @@ included, which is the sparse linear system, per channel::
 
 then adds Gaussian noise ``N(0, noise²)`` to the imputed pixels only (``noise = 0.01``, the authors'
 default, applied to the tensor the model takes as pytorch-grad-cam's port of their code does). The
-matrix is a weighted graph Laplacian with the kept
-pixels as boundary: symmetric positive definite whenever a pixel is kept, so the system has one
-solution. An image with no pixel kept has none; its removed pixels become ``empty`` (0: the training
-mean of a normalised input) plus the noise.
+matrix is a weighted graph Laplacian with the kept pixels as boundary: symmetric positive definite
+whenever a pixel is kept, so the system has one solution. An image with no pixel kept has none; its
+removed pixels become ``empty`` (0: the training mean of a normalised input) plus the noise.
 
 The solution is the same as that of a direct sparse solve (the system of pytorch-grad-cam's
 ``NoisyLinearImputer``, a copy of the authors' code), to the solver's tolerance. It is computed for a
