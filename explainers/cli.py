@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from . import statistics
 from .capture import capture, model_dims
 from .compute import compute
 from .distributed import LOCAL, RayEvaluation
@@ -34,10 +35,9 @@ from .evaluate import (
     Evaluation,
     Sample,
     cluttered_samples,
-    folder_samples,
-    image_files,
     summary_table,
 )
+from .inputs import image_files, image_items, load_samples
 from .metrics.perturbation import BASELINES
 from .models import LoadedModel, load_model
 from .registry import Param, get_explainer, list_explainers
@@ -53,7 +53,9 @@ def _add_common(parser: argparse.ArgumentParser, images_help: str) -> None:
     parser.add_argument("--model", default="embedded", help="'embedded' (default) or a timm model name")
     parser.add_argument("--weights", help="local .safetensors/.pth/.pt weights for --model")
     parser.add_argument("--images", required=True, help=images_help)
-    parser.add_argument("--methods", default="all", help="comma-separated explainers, or 'all' (default)")
+    names = ", ".join(list_explainers())
+    parser.add_argument("--methods", default="all",
+                        help=f"comma-separated explainers ({names}), or 'all' (default)")
     parser.add_argument(
         "--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
         help="an explainer parameter, e.g. rollout.discard_ratio=0.9 (repeatable; 'none' leaves one unset)",
@@ -63,6 +65,12 @@ def _add_common(parser: argparse.ArgumentParser, images_help: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the cluttered:N images (default: 0)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is "
                         "often faster on a busy machine)")
+    parser.add_argument("--labels", type=Path, metavar="FILE.csv",
+                        help="labels of a flat folder: a CSV with columns path,label (paths relative to "
+                        "--images; labels: class names, WordNet ids for ImageNet models, or class indices)")
+    parser.add_argument("--readers", type=int, default=2,
+                        help="processes reading and decoding the images of a folder (default: %(default)s; "
+                        "0 reads in the main process)")
 
 
 def add_evaluate(subparsers: Any) -> None:
@@ -72,13 +80,18 @@ def add_evaluate(subparsers: Any) -> None:
         "computed. Rerun with the same --out to resume an interrupted run: rows already written are never "
         "computed again.",
     )
-    _add_common(parser, "a folder of images, or cluttered:N: N held-out cluttered digits with ground truth")
+    _add_common(parser, "a folder of images (one sub-folder per class names the labels: ImageFolder), or "
+                "cluttered:N: N held-out cluttered digits with ground truth")
     parser.add_argument("--out", required=True, type=Path,
                         help="results: *.csv (one file, numbers to 7 significant digits) or *.parquet (a "
                         "folder of part files); resumed if it exists")
     parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated (default: %(default)s)")
-    parser.add_argument("--baseline", default="black", choices=BASELINES, help="value of removed pixels")
-    parser.add_argument("--target", default="predicted", choices=TARGETS, help="class explained")
+    parser.add_argument("--baseline", default="black", choices=BASELINES,
+                        help="what removed pixels become: black, the training mean, a blur of the image, or "
+                        "road (noisy linear imputation from the neighbours) (default: %(default)s)")
+    parser.add_argument("--target", default="predicted", choices=TARGETS,
+                        help="class explained: the model's prediction or the image's label (Chefer et al. "
+                        "report both) (default: %(default)s)")
     parser.add_argument("--topk", type=float, default=0.1, help="top share of patches for IoU (default 0.1)")
     parser.add_argument("--step", type=int, default=10,
                         help="perturbation step in %% of the patches: 0, step, … ≤ 90%% (default 10)")
@@ -172,24 +185,35 @@ def _typed(param: Param, text: str) -> Any:
         raise ValueError(f"{param.name} must be {param.kind.__name__}, got {text!r}") from None
 
 
-def image_source(images: str) -> int | Path:
+def image_source(images: str, labels: Path | None = None) -> int | Path:
     """``--images``: the N of ``cluttered:N``, or a folder holding images; checked before the model loads."""
     if images.startswith(CLUTTERED):
         count = images[len(CLUTTERED) :]
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"--images {images!r}: expected cluttered:N with N a positive whole number")
+        if labels is not None:
+            raise ValueError("--labels goes with a folder of images; cluttered:N digits have their labels")
         return int(count)
-    image_files(images)
+    if labels is None:
+        image_files(images)
+    elif not labels.is_file():
+        raise ValueError(f"--labels {str(labels)!r} does not exist")
     return Path(images)
 
 
 def load_images(
-    loaded: LoadedModel, source: int | Path, seed: int, skipped: list[tuple[str, str]]
+    loaded: LoadedModel, source: int | Path, args: argparse.Namespace, skipped: list[tuple[str, str]]
 ) -> tuple[Iterator[Sample], int]:
-    """Samples of an :func:`image_source` and their number (unreadable files are added to ``skipped``)."""
+    """Samples of an :func:`image_source` and their number (unreadable files are added to ``skipped``).
+
+    A folder's images are read by ``--readers`` processes (:func:`explainers.inputs.load_samples`); how
+    their labels were found is printed on stderr.
+    """
     if isinstance(source, int):
-        return cluttered_samples(loaded, source, seed), source
-    return folder_samples(loaded, source, skipped), len(image_files(source))
+        return cluttered_samples(loaded, source, args.seed), source
+    items, how = image_items(loaded, source, args.labels)
+    print(f"{len(items)} images, {how}", file=sys.stderr)
+    return load_samples(loaded, items, skipped, workers=args.readers), len(items)
 
 
 def progress(total: int, label: str, initial: int = 0) -> tqdm:
@@ -202,7 +226,7 @@ def progress(total: int, label: str, initial: int = 0) -> tqdm:
 def run_evaluate(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods, args.param)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    source = image_source(args.images)
+    source = image_source(args.images, args.labels)
     result_format(args.out)
     if args.workers is not None and args.ray is None:
         raise ValueError("--workers sets the number of Ray workers: add --ray")
@@ -218,7 +242,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                threads=args.threads or 1)
     skipped: list[tuple[str, str]] = []
     with ResultStore(args.out, evaluation) as store:
-        samples, total = load_images(loaded, source, args.seed, skipped)
+        samples, total = load_images(loaded, source, args, skipped)
         finished = evaluation.finished(store.done)
         with runner as engine, progress(total, "evaluate", initial=len(finished)) as bar:
             for row in engine.run(samples, set(store.done)):
@@ -229,18 +253,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     _report_skipped(skipped)
     frame = read_results(args.out)
     print(summary_table(frame).T.to_string())
+    print("\n" + statistics.report(frame))
     print(f"\n{len(frame)} rows ({frame['image_id'].nunique()} images) in {args.out}")
     return 0
 
 
 def run_explain(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods, args.param)
-    source = image_source(args.images)
+    source = image_source(args.images, args.labels)
     loaded = load_model(args.model, device=args.device, weights=args.weights)
     dims = model_dims(loaded.model)
     methods = {name: get_explainer(name).validate(params, dims) for name, params in methods.items()}
     skipped: list[tuple[str, str]] = []
-    samples, total = load_images(loaded, source, args.seed, skipped)
+    samples, total = load_images(loaded, source, args, skipped)
     index: list[dict[str, Any]] = []
     with progress(total, "explain") as bar:
         while batch := list(islice(samples, args.batch_size)):

@@ -26,7 +26,6 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations, islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,6 @@ from PIL import Image
 from .capture import Capture, capture, model_dims
 from .compute import compute
 from .datasets.cluttered_digits import cluttered_digits
-from .images import EXTENSIONS, read_image
 from .metrics.agreement import spearman, top_k_iou
 from .metrics.localisation import mass_inside, pointing_game, topk_iou
 from .metrics.perturbation import BASELINES, CURVES, fractions_every, perturbation_curves
@@ -107,33 +105,6 @@ def cluttered_samples(loaded: LoadedModel, n: int, seed: int = 0) -> Iterator[Sa
     for i in range(n):
         image = Image.fromarray(data.images[i])
         yield to_sample(loaded, f"cluttered-s{seed}-{i:05d}", image, int(data.labels[i]), data.masks[i])
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """The image files (by extension: png, jpg, jpeg, webp, bmp) under ``folder``, sorted; errors if none."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ValueError(f"image folder {str(folder)!r} does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in EXTENSIONS)
-    if not files:
-        raise ValueError(f"no images ({', '.join(EXTENSIONS)}) in folder {str(folder)!r}")
-    return files
-
-
-def folder_samples(
-    loaded: LoadedModel, folder: str | Path, skipped: list[tuple[str, str]]
-) -> Iterator[Sample]:
-    """Samples of the images in ``folder`` (ids: paths relative to it); unreadable files are appended to
-    ``skipped`` as ``(id, reason)`` and the iteration goes on."""
-    root = Path(folder)
-    for path in image_files(root):
-        id = path.relative_to(root).as_posix()
-        try:
-            image = read_image(path.read_bytes())
-        except (OSError, ValueError) as error:
-            skipped.append((id, str(error)))
-            continue
-        yield to_sample(loaded, id, image)
 
 
 def params_text(params: Mapping[str, Any]) -> str:

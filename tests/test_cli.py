@@ -136,3 +136,38 @@ def test_explain_writes_overlays_and_raw_maps(tmp_path: Path, capsys: pytest.Cap
             assert picture.size == (64, 64) and picture.mode == "RGB"
     assert (out / "nested" / "grey" / "gae.npy").exists()
     assert "bad.png" in capsys.readouterr().err
+
+
+def test_image_folder_labels_the_label_target_and_chefers_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for name, value in (("3/a.png", 0), ("3/b.png", 90), ("7/c.png", 255)):
+        (tmp_path / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(tmp_path / "images" / name)
+    out = tmp_path / "results.csv"
+    assert evaluate(out, str(tmp_path / "images"), "--target", "label", "--readers", "2") == 0
+    frame = pd.read_csv(out)
+    labels = dict(zip(frame["image_id"], frame["label"], strict=True))
+    assert labels == {"3/a.png": 3, "3/b.png": 3, "7/c.png": 7}
+    assert (frame["target"] == frame["label"]).all() and (frame["target_mode"] == "label").all()
+    captured = capsys.readouterr()
+    assert "labels from the 2 class folders" in captured.err
+    assert "Chefer et al. 2021 Table 1" in captured.out and "Paired differences" in captured.out
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("3/a.png", "7/c.png"):
+        (flat / name[2:]).write_bytes((tmp_path / "images" / name).read_bytes())
+    (tmp_path / "labels.csv").write_text("path,label\na.png,3\nc.png,7\n")
+    csv_out = tmp_path / "from_csv.csv"
+    assert evaluate(csv_out, str(flat), "--labels", str(tmp_path / "labels.csv"), "--target", "label") == 0
+    assert pd.read_csv(csv_out)["label"].tolist() == [3, 3, 7, 7]
+    assert evaluate(tmp_path / "x.csv", "cluttered:2", "--labels", str(tmp_path / "labels.csv")) == 2
+    assert "--labels goes with a folder" in capsys.readouterr().err
+
+
+def test_evaluate_help_names_the_methods_and_the_defaults(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "gae, grad_rollout, raw_attention, rollout" in text
+    assert "(default: black)" in text and "(default: predicted)" in text and "road" in text
