@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -202,18 +202,21 @@ def image_source(images: str, labels: Path | None = None) -> int | Path:
 
 
 def load_images(
-    loaded: LoadedModel, source: int | Path, args: argparse.Namespace, skipped: list[tuple[str, str]]
+    loaded: LoadedModel, source: int | Path, args: argparse.Namespace, skipped: list[tuple[str, str]],
+    finished: Collection[str] = (),
 ) -> tuple[Iterator[Sample], int]:
     """Samples of an :func:`image_source` and their number (unreadable files are added to ``skipped``).
 
     A folder's images are read by ``--readers`` processes (:func:`explainers.inputs.load_samples`); how
-    their labels were found is printed on stderr.
+    their labels were found is printed on stderr. Files whose id is in ``finished`` (every row stored) are
+    not read at all, so resuming a large run does not decode what it will not evaluate.
     """
     if isinstance(source, int):
         return cluttered_samples(loaded, source, args.seed), source
     items, how = image_items(loaded, source, args.labels)
     print(f"{len(items)} images, {how}", file=sys.stderr)
-    return load_samples(loaded, items, skipped, workers=args.readers), len(items)
+    pending = [item for item in items if item.id not in finished]
+    return load_samples(loaded, pending, skipped, workers=args.readers), len(items)
 
 
 def progress(total: int, label: str, initial: int = 0) -> tqdm:
@@ -242,8 +245,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                threads=args.threads or 1)
     skipped: list[tuple[str, str]] = []
     with ResultStore(args.out, evaluation) as store:
-        samples, total = load_images(loaded, source, args, skipped)
         finished = evaluation.finished(store.done)
+        samples, total = load_images(loaded, source, args, skipped, finished)
         with runner as engine, progress(total, "evaluate", initial=len(finished)) as bar:
             for row in engine.run(samples, set(store.done)):
                 store.append([row])

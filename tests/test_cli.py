@@ -82,6 +82,25 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path: Path, capsys: pytest
     assert "| 3/3 [" in err  # the skipped file counts as handled: the bar ends full
 
 
+def test_a_resumed_folder_run_reads_only_the_images_not_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, value in (("a.png", 0), ("b.png", 255)):
+        Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(folder / name)
+    out = tmp_path / "results.parquet"
+    assert evaluate(out, str(folder)) == 0
+    (folder / "a.png").write_bytes(b"not an image any more")  # skipped and listed, were it read again
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "c.png")
+    capsys.readouterr()
+    assert evaluate(out, str(folder)) == 0
+    err = capsys.readouterr().err
+    assert "skipped" not in err and "| 3/3 [" in err
+    frame = pd.read_parquet(out)
+    assert sorted(frame["image_id"]) == ["a.png", "a.png", "b.png", "b.png", "c.png", "c.png"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
