@@ -99,8 +99,8 @@ def add_evaluate(subparsers: Any) -> None:
                         help="run on Ray workers, one model each: alone, on a local Ray instance started for "
                         "the run; 'auto' or HOST:PORT joins a cluster (needs the [distributed] extra)")
     parser.add_argument("--workers", type=int,
-                        help="Ray workers (default: one per free GPU of the cluster with --device cuda, else "
-                        "one per --threads free CPUs); each uses --threads torch threads (default 1)")
+                        help="Ray workers (default: one per GPU of the cluster with --device cuda, else one "
+                        "per --threads CPUs); each uses --threads torch threads (default 1)")
     parser.set_defaults(run=run_evaluate)
 
 

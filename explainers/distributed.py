@@ -75,8 +75,9 @@ class RayEvaluation:
         address: :data:`LOCAL` starts a Ray instance for the run (stopped at the end), ``"auto"`` joins the
             cluster of this machine, ``"HOST:PORT"`` that cluster. When this process is already connected
             to Ray, that connection is used and left open.
-        workers: number of workers; default one per free GPU of the cluster with CUDA, else one per
-            ``threads`` free CPUs. More than fit is a ``ValueError`` (they would wait for ever).
+        workers: number of workers; default one per GPU of the cluster with CUDA, else one per ``threads``
+            CPUs. More than the cluster holds is a ``ValueError``; workers that fit wait for resources that
+            other jobs hold (e.g. the workers of a killed run, until Ray has noticed).
         threads: torch CPU threads of each worker (also the CPUs Ray reserves for it).
         restarts: how many times Ray restarts a worker that died (its queued batches are rerun).
     """
@@ -117,15 +118,15 @@ class RayEvaluation:
     def _start_workers(self) -> None:
         ray = self.ray
         gpu = torch.device(self.device).type == "cuda"
-        free = ray.available_resources()
-        fitting = int(free.get("GPU", 0) if gpu else free.get("CPU", 0) // self.threads)
-        count = self.workers or fitting
         kind = "GPU" if gpu else "CPU"
-        if not 1 <= count <= fitting:  # a worker that cannot be placed would wait for ever
+        total = ray.cluster_resources().get(kind, 0)
+        fitting = int(total if gpu else total // self.threads)
+        count = self.workers or fitting
+        if not 1 <= count <= fitting:  # a worker that the cluster can never place would wait for ever
             need = f"{count} worker(s) need {count if gpu else count * self.threads} {kind}(s)"
             raise ValueError(
-                f"{need if count else 'a worker needs a ' + kind}, but the Ray cluster has "
-                f"{free.get(kind, 0):g} free: choose fewer --workers or --threads, or add machines"
+                f"{need if count else 'a worker needs a ' + kind}, but the Ray cluster has {total:g}: "
+                "choose fewer --workers or --threads, or add machines"
             )
         loaded = self.evaluation.loaded
         actor = ray.remote(_Worker).options(

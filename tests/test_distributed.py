@@ -144,8 +144,8 @@ def test_a_killed_driver_is_resumed_by_the_next_run(cluster: str, tmp_path: Path
     before = out.read_bytes()
     kept = before[: before.rfind(b"\n") + 1]  # a line cut short by the kill is dropped on resume
     assert kept.count(b"\n") - 1 < 240, "the run finished before it was killed"
-    assert cli.main([*args, "--ray", "--workers", "3"]) == 2  # two CPUs free: a clear error, no wait
-    assert cli.main([*args, "--ray"]) == 0  # connected already: the run uses the cluster, its 2 free CPUs
+    assert cli.main([*args, "--ray", "--workers", "5"]) == 2  # more than the 4 CPUs: an error, no wait
+    assert cli.main([*args, "--ray", "--workers", "2"]) == 0  # connected already: it uses the cluster
     after = out.read_bytes()
     assert after.startswith(kept)
     frame = read_results(out)
