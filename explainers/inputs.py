@@ -200,7 +200,8 @@ def load_samples(
     """The :class:`Sample` of every item, in order, read by ``workers`` DataLoader processes.
 
     Each worker keeps up to ``prefetch`` images ready, so decoding overlaps the model's work; unreadable
-    files are appended to ``skipped`` as ``(id, reason)``.
+    files are appended to ``skipped`` as ``(id, reason)``. The worker processes start (fork) when this is
+    called, not at the first sample, so a caller can start threaded machinery (Ray, a server) afterwards.
     """
     if workers < 0:
         raise ValueError(f"the number of reading workers must be 0 or more, got {workers}")
@@ -209,6 +210,14 @@ def load_samples(
         collate_fn=_as_is, prefetch_factor=prefetch if workers else None,
         persistent_workers=False,
     )
+    return _samples(iter(loader), items, skipped)
+
+
+def _samples(
+    loader: Iterator[tuple[int, Sample | None, str]],
+    items: Sequence[ImageItem],
+    skipped: list[tuple[str, str]],
+) -> Iterator[Sample]:
     for index, sample, reason in loader:
         if sample is None:
             skipped.append((items[index].id, reason))

@@ -2,11 +2,13 @@
 noise, the edge cases, and the ``road`` baseline of the perturbation curves."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
+from explainers.evaluate import Evaluation, cluttered_samples
 from explainers.metrics.perturbation import perturbation_curves
 from explainers.metrics.road import NOISE, road_impute
 from tests.test_evaluate import tiny_loaded
@@ -116,3 +118,16 @@ def test_road_perturbation_curves_do_not_depend_on_the_batch() -> None:
     # Nothing removed at 0 %: the deletion curves start at the model's own probability.
     start = loaded.model(images).softmax(-1)[torch.arange(3), targets]
     torch.testing.assert_close(together.probability["positive"][:, 0], start, atol=1e-5, rtol=0)
+
+
+def test_road_rows_of_an_evaluation_do_not_depend_on_the_batch_size() -> None:
+    """What a Ray run relies on: the same rows whichever images share a batch."""
+    loaded = tiny_loaded()
+    samples = list(cluttered_samples(loaded, 3, seed=4))
+    rows = {}
+    for batch_size in (1, 3):
+        evaluation = Evaluation(loaded, {"rollout": {}, "gae": {}}, metrics=["perturbation"], baseline="road",
+                                batch_size=batch_size)
+        rows[batch_size] = pd.DataFrame(evaluation.run(samples))
+    assert (rows[1]["baseline"] == "road").all() and len(rows[1]) == 6
+    pd.testing.assert_frame_equal(rows[1], rows[3], rtol=0, atol=1e-6)
