@@ -62,6 +62,15 @@ def test_maps_match_the_authors_code(chefer, method, params, key):
         assert r >= 0.99, f"{method} image {image} class {target}: Pearson {r:.4f} with the authors' map"
 
 
+def test_signed_input_relevance_matches_the_authors_full_lrp(chefer):
+    ref, cap = chefer
+    ours = cap.relevance.tokens[:, cap.layout.num_prefix :].numpy()
+    assert (ref["lrp"] < 0).any()  # there is negative relevance to compare
+    for row in range(len(ref["target"])):
+        assert pearson(ours[row], ref["lrp"][row]) >= 0.999
+        np.testing.assert_allclose(ours[row], ref["lrp"][row], atol=1e-3 * np.abs(ref["lrp"][row]).max())
+
+
 def test_relevance_is_conserved_from_the_target_to_the_input(chefer):
     _, cap = chefer
     total = cap.relevance.tokens.double().sum(-1) + cap.relevance.position.double()
