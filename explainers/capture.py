@@ -202,8 +202,9 @@ def capture(
     blocks = attention_blocks(model)
     images = _check_images(model, images)
     layout = TokenLayout.from_model(model, tuple(images.shape[-2:]))
-    if (gradients or relevance) and not logits:
-        raise ValueError("gradients and relevance need the logits: capture with logits=True (the default)")
+    for asked, what in ((gradients, "gradients need"), (relevance, "relevance needs")):
+        if asked and not logits:
+            raise ValueError(f"{what} the logits: capture with logits=True (the default)")
     if relevance:
         check_supported(model)
     num_classes = int(getattr(model, "num_classes", 0))

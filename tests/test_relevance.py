@@ -5,6 +5,7 @@ The reference maps in ``tests/fixtures/chefer_deit_tiny.npz`` were made by the a
 (hila-chefer/Transformer-Explainability); ``tests/fixtures/README.md`` gives the procedure.
 """
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,23 @@ def test_fused_and_unfused_attention_give_the_same_relevance(images):
         maps[fused] = [explainers.compute(cap, m) for m in LRP_METHODS]
     for a, b in zip(maps[True], maps[False], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_threads_on_one_model_give_the_serial_relevance(deit_tiny):
+    batches = [torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    method = "transformer_attribution"
+    serial = [explainers.explain(deit_tiny, x, method, target=i) for i, x in enumerate(batches)]
+    results: dict[int, torch.Tensor] = {}
+    barrier = threading.Barrier(4)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        results[i] = explainers.explain(deit_tiny, batches[i], method, target=i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        assert torch.equal(results[i], serial[i]), f"thread {i} differs from the serial result"
