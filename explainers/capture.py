@@ -194,7 +194,7 @@ def capture(
         relevance: also propagate LRP relevance from each target back through the network
             (:mod:`explainers.relevance`; needed by ``lrp``, ``partial_lrp``, ``transformer_attribution``).
             The same forward pass records the activations the rules read; the propagation is tensor
-            maths after it (about as costly again as a forward pass). Class-token models only.
+            maths after it, with no autograd. Class-token models only.
 
     The model is not modified in any way (see :mod:`explainers.recorder`), so this is safe to call from
     many threads on one shared model.
