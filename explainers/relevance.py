@@ -158,7 +158,7 @@ def propagate(
         x = {k: v.detach().float() for k, v in inputs.items()}
         head_in = x["head"]
         one_hot = torch.zeros(head_in.shape[0], model.head.weight.shape[0], device=head_in.device)
-        one_hot[torch.arange(len(targets)), targets] = 1.0
+        one_hot.scatter_(1, targets[:, None].to(head_in.device), 1.0)
         tokens_out = x["norm"]  # the last block's output
         r = torch.zeros_like(tokens_out)
         r[:, 0] = linear_rule(head_in, model.head.weight.float(), one_hot)  # head; the pool picks token 0
