@@ -11,7 +11,8 @@ The rules per module kind are all in this file, written as in the authors' code
   rescaled so that ``ΣR_x : ΣR_y = |Σ x⊙S| : |Σ y⊙S|`` and ``ΣR_x + ΣR_y = ΣR`` (sums per image; the
   authors' code sums over the whole batch, which is the same for their batch of one).
 * **Softmax, LayerNorm, GELU, dropout, LayerScale**: relevance passes unchanged (identity), as in their
-  code. The pooling of the class token passes the head's relevance to that token only.
+  code. The pooling of the class token passes the head's relevance to that token only, and where the
+  residual stream forks (their ``Clone``) the two branches' relevances are added.
 
 ``⊘`` is their ``safe_divide``: ``a / (b + 1e-9)`` where ``b ≠ 0``, else 0. The relevance at the output
 is the one-hot vector of the target class (not its logit). The propagation is plain tensor maths over
