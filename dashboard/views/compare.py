@@ -91,10 +91,10 @@ def image_with_box(scene: Scene) -> np.ndarray:
     return draw_box(image, box, thickness=max(1, image.shape[0] // 112))
 
 
-def two_model_row(methods: list[str], first: Scene, second: Scene) -> tuple[dict, dict, dict]:
+def two_model_row(methods: list[str], first: Scene, second: Scene) -> tuple[list[dict], list[dict]]:
     """A row of methods for both models on the image's pixel grid, then the difference.
 
-    Returns the first model's maps, and both models' maps on the image grid.
+    Returns both models' maps, and both on the image grid.
     """
     view = state.view()
     method_header(methods)
@@ -115,7 +115,7 @@ def two_model_row(methods: list[str], first: Scene, second: Scene) -> tuple[dict
         if method in grids[0] and method in grids[1]:
             cell.image(diverging_overlay(picture, difference(grids[0][method], grids[1][method])),
                        caption="B − A: red where B is higher, blue where A is", width="stretch")
-    return own[0], grids[0], grids[1]
+    return own, grids
 
 
 def top_percent() -> int:
@@ -124,7 +124,8 @@ def top_percent() -> int:
         return widgets.option_control("top_percent", label="Top region (% of the patches or pixels)")
 
 
-def cross_model_agreement(first: dict[str, np.ndarray], second: dict[str, np.ndarray], top: int) -> None:
+def cross_model_agreement(first: dict[str, np.ndarray], second: dict[str, np.ndarray], top: int) -> list:
+    """The table of each method's agreement between the two models; its rows."""
     st.subheader("Agreement between the two models")
     pairs = {m: common_pixels(first[m], second[m]) for m in first if m in second}
     table = paired_table({method_label(m): a for m, (a, _) in pairs.items()},
@@ -138,11 +139,12 @@ def cross_model_agreement(first: dict[str, np.ndarray], second: dict[str, np.nda
             f"IoU of the top {top}%", format="%.2f", min_value=0.0, max_value=1.0,
             help="Overlap of the most relevant pixels of both maps (0 … 1)."),
     })
+    return table.to_dict("records")
 
 
-def two_models(methods: list[str], first: Scene, second: Scene) -> tuple[dict, dict, dict]:
-    """Every method for both models in aligned rows with the difference; the first model's maps and both
-    models' maps on the image grid."""
+def two_models(methods: list[str], first: Scene, second: Scene) -> tuple[list[dict], list[dict]]:
+    """Every method for both models in aligned rows with the difference; both models' maps, and both on
+    the image grid."""
     same = second.class_name(second.target) == first.class_name(first.target)
     target_a, target_b = (f"**{s.class_name(s.target)}** (p = {s.analysis.probabilities[s.target]:.1%})"
                           for s in (first, second))
@@ -151,14 +153,14 @@ def two_models(methods: list[str], first: Scene, second: Scene) -> tuple[dict, d
     else:
         st.warning(f"Model B has no class “{first.class_name(first.target)}”: each model explains its own "
                    f"prediction, {target_a} for A and {target_b} for B.")
-    maps, grids_a, grids_b = {}, {}, {}
+    maps, grids = [{}, {}], [{}, {}]
     for start in range(0, len(methods), COLUMNS):
         with st.container(border=True):
-            own, a, b = two_model_row(methods[start : start + COLUMNS], first, second)
-            maps.update(own)
-            grids_a.update(a)
-            grids_b.update(b)
-    return maps, grids_a, grids_b
+            own, grid = two_model_row(methods[start : start + COLUMNS], first, second)
+            for index in (0, 1):
+                maps[index].update(own[index])
+                grids[index].update(grid[index])
+    return maps, grids
 
 
 def main() -> None:
@@ -179,22 +181,25 @@ def main() -> None:
         legend, _ = st.columns([2, 3])
         legend.image(colorbar(view.option("colormap"), height=10), width="stretch",
                      caption="low → high relevance; each map scaled to its own range")
-    maps, grids_a, grids_b = {}, {}, {}
+    maps, maps_b, grids, scores = {}, None, ({}, {}), {}
     if second is not None:
         st.markdown(f"**A**: {scene.label} · **B**: {second.label}. Both maps of a method are drawn on the "
                     "image's own pixel grid, whatever each model's input size and patch grid.")
-        maps, grids_a, grids_b = two_models(methods, scene, second)
+        (maps, maps_b), grids = two_models(methods, scene, second)
     else:
         for start in range(0, len(methods), COLUMNS):
             with st.container(border=True):
                 maps.update(method_row(methods[start : start + COLUMNS]))
-    if len(maps) >= 2 or grids_b:
+    common = [m for m in grids[0] if m in grids[1]]
+    if len(maps) >= 2 or common:
         top = top_percent()
-        if grids_a and grids_b:
-            cross_model_agreement(grids_a, grids_b, top)
+        if common:
+            scores["models agreement"] = cross_model_agreement(*grids, top)
         if len(maps) >= 2:
             agreement(maps, top, "Agreement between methods" + (" (model A)" if second else ""))
-    review_panel.render(maps)
+    if maps_b is not None:
+        maps_b = {m: relevance for m, relevance in maps_b.items() if m in maps}
+    review_panel.render(maps, second=maps_b, scores=scores)
     widgets.share_link()
 
 
