@@ -30,8 +30,9 @@ pages = {
 }
 page = st.navigation(list(pages.values()), position="top")
 key = next(k for k, p in pages.items() if p.url_path == page.url_path)
-if state.first_run() and state.view().page != key:
-    st.switch_page(pages[state.view().page])  # a shared link names its page in the query
+linked = "page" in st.query_params  # a shared link names its page in the query; a page's own path does not
+if state.first_run() and linked and state.view().page != key:
+    st.switch_page(pages[state.view().page])
 state.commit(replace(state.view(), page=key))
 sidebar.render()
 for kind, message in state.take_notices():
