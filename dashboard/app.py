@@ -23,7 +23,9 @@ ICONS = {
     "reviews": ":material/rate_review:",
 }
 
-st.set_page_config(page_title="ViT explainers", page_icon=":material/visibility:", layout="wide")
+# A local file: a material icon as page icon makes the browser fetch it from fonts.gstatic.com (offline: no).
+ICON = Path(__file__).with_name("icon.png")
+st.set_page_config(page_title="ViT explainers", page_icon=str(ICON), layout="wide")
 pages = {
     key: st.Page(f"views/{key}.py", title=title, icon=ICONS[key], url_path=key, default=key == "compare")
     for key, title in state.PAGES.items()
