@@ -87,7 +87,7 @@ def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> t
     is one NumPy selection and one in-place pass (``F.threshold_``): a handful of calls, as an image at a
     time is what the dashboard recomputes.
     """
-    batch, n, _ = fused.shape
+    n = fused.shape[-1]
     count = int(ratio * (n - 1) ** 2)
     if count == 0:
         return fused
@@ -98,6 +98,12 @@ def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> t
         if work.data_ptr() != fused.data_ptr():
             fused.copy_(work)
         return fused
+    return _discard_batched_(fused, count, keep_index)
+
+
+def _discard_batched_(fused: torch.Tensor, count: int, keep_index: int) -> torch.Tensor:
+    """:func:`discard_lowest_` as whole-batch tensor operations (the GPU's way), in place."""
+    batch = fused.shape[0]
     cls_row, cls_column = fused[:, keep_index, :].clone(), fused[:, :, keep_index].clone()
     fused[:, keep_index, :] = torch.inf  # out of reach of the ranking
     fused[:, :, keep_index] = torch.inf

@@ -175,16 +175,19 @@ def test_kth_smallest_agrees_with_torch_kthvalue():
         torch.testing.assert_close(surplus, (values <= threshold).sum(dim=1) - k)
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["per image (CPU)", "batched (GPU)"])
 @pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9, 0.99])
-def test_discard_equals_the_reference_with_ties_and_zeros(ratio):
-    from explainers.attention_ops import discard_lowest_
+def test_discard_equals_the_reference_with_ties_and_zeros(ratio, batched):
+    from explainers.attention_ops import _discard_batched_, discard_lowest_
 
     generator = torch.Generator().manual_seed(1)
     fused = torch.rand(5, 17, 17, generator=generator, dtype=torch.float64).round(decimals=1)
     fused[1] = fused[1].clamp_min(0.6) - 0.6  # mostly zeros
     fused[2, 1:, 1:] = 0.0  # only zeros among the candidates
     fused[3] = 0.25  # all tied at a non-zero value
-    out = discard_lowest_(fused.clone(), ratio).numpy()
+    count = int(ratio * 16**2)
+    out = _discard_batched_(fused.clone(), count, 0) if batched else discard_lowest_(fused.clone(), ratio)
+    out = out.numpy()
     for b in range(5):
         np.testing.assert_array_equal(out[b], reference.discard(fused[b].numpy(), ratio))
 
