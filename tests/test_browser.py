@@ -46,8 +46,8 @@ EXPECTED = {
     "reviews": (0, 0),
 }
 TITLES = {"compare": "Compare explainers", "head_fusion": "Head fusion",
-          "distributions": "Attention distributions", "what_if": "What-if explorer", "evaluate": "Evaluate",
-          "reviews": "Review board"}
+          "distributions": "Attention distributions", "what_if": "What-if explorer",
+          "evaluate": "Evaluate explainers", "reviews": "Review board"}
 START_TIMEOUT_S, RENDER_TIMEOUT_MS = 120, 120_000
 
 pytestmark = [
