@@ -202,7 +202,7 @@ def test_a_page_opens_at_its_own_path(open_page, name):
     """``/head_fusion`` as typed or bookmarked opens that page (not Compare), and the URL names it."""
     page = open_page(f"/{name}", height=900)
     wait_until_idle(page, *EXPECTED[name])
-    assert page.locator("[data-testid=stMain] h1").first.inner_text() == TITLES[name]
+    page.get_by_role("heading", name=TITLES[name], exact=True).first.wait_for(timeout=RENDER_TIMEOUT_MS)
     assert dict(parse_qsl(urlsplit(page.url).query))["page"] == name
     assert page.locator("[data-testid=stException]").count() == 0
 
