@@ -144,7 +144,8 @@ def patch_view() -> None:
     tokens = ((left, token, f"Patch ({row}, {column})"), (right, layout.cls_index, "Class token"))
     for cell, index, name in tokens:
         rows = attention_rows(capture, index)[0].cpu().numpy()
-        cell.plotly_chart(rows_figure(rows, f"{name}: attention per layer and head"), width="stretch")
+        figure = rows_figure(rows, f"{name}: attention per layer and head")
+        cell.plotly_chart(figure, width="stretch", theme=None)  # the Inferno scale as it is
 
 
 def main() -> None:
