@@ -59,8 +59,7 @@ def method_row(methods: list[str]) -> dict[str, torch.Tensor]:
     return maps
 
 
-def agreement(maps: dict[str, torch.Tensor], top: int, title: str = "Agreement between methods") -> None:
-    st.subheader(title)
+def agreement(maps: dict[str, torch.Tensor], top: int) -> None:
     maps = {method_label(m): relevance[None] for m, relevance in maps.items()}
     table = agreement_table(maps, top / 100).rename(columns={"method A": "Method", "method B": "vs"})
     st.dataframe(
@@ -118,15 +117,17 @@ def two_model_row(methods: list[str], first: Scene, second: Scene) -> tuple[list
     return own, grids
 
 
-def top_percent() -> int:
+def top_percent(top: int | None) -> int:
+    """The slider of the top region, under the first agreement table's title (once per page)."""
+    if top is not None:
+        return top
     slider, _ = st.columns([1, 2])
     with slider:
-        return widgets.option_control("top_percent", label="Top region (% of the patches or pixels)")
+        return widgets.option_control("top_percent", label="Top region (%)")
 
 
 def cross_model_agreement(first: dict[str, np.ndarray], second: dict[str, np.ndarray], top: int) -> list:
     """The table of each method's agreement between the two models; its rows."""
-    st.subheader("Agreement between the two models")
     pairs = {m: common_pixels(first[m], second[m]) for m in first if m in second}
     table = paired_table({method_label(m): a for m, (a, _) in pairs.items()},
                          {method_label(m): b for m, (_, b) in pairs.items()}, top / 100)
@@ -190,13 +191,14 @@ def main() -> None:
         for start in range(0, len(methods), COLUMNS):
             with st.container(border=True):
                 maps.update(method_row(methods[start : start + COLUMNS]))
-    common = [m for m in grids[0] if m in grids[1]]
-    if len(maps) >= 2 or common:
-        top = top_percent()
-        if common:
-            scores["models agreement"] = cross_model_agreement(*grids, top)
-        if len(maps) >= 2:
-            agreement(maps, top, "Agreement between methods" + (" (model A)" if second else ""))
+    top = None
+    if any(m in grids[1] for m in grids[0]):
+        st.subheader("Agreement between the two models")
+        top = top_percent(top)
+        scores["models agreement"] = cross_model_agreement(*grids, top)
+    if len(maps) >= 2:
+        st.subheader("Agreement between methods" + (" (model A)" if second else ""))
+        agreement(maps, top_percent(top))
     if maps_b is not None:
         maps_b = {m: relevance for m, relevance in maps_b.items() if m in maps}
     review_panel.render(maps, second=maps_b, scores=scores)
