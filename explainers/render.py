@@ -81,8 +81,9 @@ def overlay(
     return _keep_unseen(image, as_numpy(relevance), cv2.addWeighted(image, 1.0 - opacity, heat, opacity, 0.0))
 
 
-def diverging_overlay(image: np.ndarray, values: np.ndarray, *, opacity: float = 0.7) -> np.ndarray:
-    """Signed values in [−1, 1] ``(h, w)`` over the image: blue (−1) – white (0) – red (+1), NaN left out.
+def diverging_overlay(image: np.ndarray, values: np.ndarray, *, opacity: float = 0.8) -> np.ndarray:
+    """Signed values ``d`` in [−1, 1] ``(h, w)`` over the image: red where ``d > 0``, blue where ``d < 0``,
+    each blended in with weight ``opacity · |d|`` (the image shows through where ``d = 0``); NaN left out.
 
     For differences between two maps, e.g. :func:`explainers.alignment.difference`.
     """
@@ -93,10 +94,10 @@ def diverging_overlay(image: np.ndarray, values: np.ndarray, *, opacity: float =
     values = np.asarray(values, dtype=np.float32)
     signed = cv2.resize(np.clip(np.nan_to_num(values), -1.0, 1.0), (width, height),
                         interpolation=cv2.INTER_LINEAR)[..., None]
-    white, red, blue = (np.array(c, dtype=np.float32)
-                        for c in ((255, 255, 255), (178, 24, 43), (33, 102, 172)))
-    colour = np.where(signed >= 0, white + signed * (red - white), white - signed * (blue - white))
-    blended = cv2.addWeighted(image, 1.0 - opacity, np.round(colour).astype(np.uint8), opacity, 0.0)
+    red, blue = np.array((230, 30, 40), dtype=np.float32), np.array((40, 110, 255), dtype=np.float32)
+    weight = opacity * np.abs(signed)
+    colour = np.where(signed >= 0, red, blue)
+    blended = np.round(image * (1.0 - weight) + colour * weight).astype(np.uint8)
     return _keep_unseen(image, values, blended)
 
 

@@ -171,12 +171,16 @@ def test_moving_a_slider_updates_the_map(open_page, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
-def screenshot(page, tmp_path: Path, name: str, start=None) -> None:
+def screenshot(page, tmp_path: Path, name: str, expected: tuple[int, int], start=None) -> None:
     """A full-height screenshot (from the ``start`` element down, if given) into ``$VIT_EXPLAIN_SCREENSHOTS``
-    (the README's) or a temporary folder."""
+    (the README's) or a temporary folder, once the page has drawn everything ``expected`` again."""
     height = min(max(900, page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")),
                  4000)
     page.set_viewport_size({"width": 1400, "height": height})
+    wait_until_idle(page, *expected)
+    page.wait_for_function("() => !document.querySelector('[data-testid=stMain] [data-testid=stSkeleton]')",
+                           timeout=RENDER_TIMEOUT_MS)
+    page.wait_for_timeout(500)  # the resized charts settle
     folder = Path(os.environ.get("VIT_EXPLAIN_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     top = 0 if start is None else max(0, start.bounding_box()["y"] - 16)
@@ -194,7 +198,7 @@ def test_every_page_renders(open_page, tmp_path, name):
     assert urlsplit(page.url).path.strip("/") in (name, "")
     assert set(parse_qsl(PAGES[name].lstrip("&"))) <= set(parse_qsl(urlsplit(page.url).query))
     wait_until_idle(page, *EXPECTED[name])
-    screenshot(page, tmp_path, name)
+    screenshot(page, tmp_path, name, EXPECTED[name])
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -222,7 +226,8 @@ def test_clicking_a_patch_shows_where_it_looks(open_page, tmp_path):
     text = page.locator("[data-testid=stMain]").inner_text()
     assert "Shown: patch (5, 2), token 43 of 65" in text and "rollout row of the patch (5, 2)" in text
     assert page.locator("[data-testid=stException]").count() == 0
-    screenshot(page, tmp_path, "head_fusion_patch", start=page.get_by_text("Where does this patch look?"))
+    screenshot(page, tmp_path, "head_fusion_patch", EXPECTED["head_fusion"],
+               start=page.get_by_text("Where does this patch look?"))
 
 
 @pytest.fixture(scope="module")
@@ -248,4 +253,4 @@ def test_two_models_side_by_side(open_page, tmp_path, retrained):
     assert "Both models explain the class" in text and "Agreement between the two models" in text
     assert page.locator("[data-testid=stException]").count() == 0
     assert page.get_by_role("switch", name="Compare with a second model").is_checked()
-    screenshot(page, tmp_path, "compare_two_models")
+    screenshot(page, tmp_path, "compare_two_models", (2 + 3 * 4, 0))

@@ -94,6 +94,7 @@ def patch_picker(row: int, column: int) -> None:
                 "color": "white", "line": {"width": 0}},
         selected={"marker": {"opacity": 0.35}}, unselected={"marker": {"opacity": 0.12}},
     ))
+    figure.update_traces(hoverinfo="skip", hovertemplate=None, selector={"type": "image"})  # clicks: points
     figure.update_xaxes(visible=False).update_yaxes(visible=False)
     figure.update_layout(width=PICKER_PX, height=PICKER_PX, margin={"l": 0, "r": 0, "t": 0, "b": 0},
                          showlegend=False, dragmode=False)
