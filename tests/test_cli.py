@@ -10,6 +10,7 @@ from PIL import Image
 
 from explainers import cli
 from explainers.evaluate import Evaluation
+from explainers.registry import list_explainers
 from tests.test_evaluate import tiny_loaded
 
 METHODS = "rollout,gae"
@@ -188,5 +189,5 @@ def test_evaluate_help_names_the_methods_and_the_defaults(capsys: pytest.Capture
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "gae, grad_rollout, raw_attention, rollout" in text
+    assert f"({', '.join(list_explainers())})" in text and "rollout" in list_explainers()
     assert "(default: black)" in text and "(default: predicted)" in text and "road" in text
