@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .layer_readout import check_layer_readout, forward_with_block_tokens, layer_readout_gradients
 from .layout import TokenLayout
 from .recorder import AttentionRecorder, ForwardStopped
 
@@ -33,6 +34,9 @@ class Capture:
         targets: the class ``t`` explained for each image ``(B,)``; ``None`` when there are no logits and
             no target was given.
         layout: prefix tokens and patch grid.
+        layer_gradients: per block, ``∂s_l/∂A_l`` ``(B, H, N, N)``, ``s_l`` the target score read from block
+            ``l``'s own tokens through the final norm and head (see :mod:`explainers.layer_readout`);
+            ``None`` unless captured with ``layer_gradients=True``.
     """
 
     attentions: tuple[torch.Tensor, ...]
@@ -40,6 +44,7 @@ class Capture:
     logits: torch.Tensor | None
     targets: torch.Tensor | None
     layout: TokenLayout
+    layer_gradients: tuple[torch.Tensor, ...] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -64,7 +69,8 @@ class Capture:
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.attentions, *(self.gradients or ()), self.logits, self.targets]
+        tensors = [*self.attentions, *(self.gradients or ()), *(self.layer_gradients or ())]
+        tensors += [self.logits, self.targets]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def upto(self, stop: int) -> Capture:
@@ -72,7 +78,8 @@ class Capture:
         if not 1 <= stop <= self.num_layers:
             raise ValueError(f"stop must be in 1..{self.num_layers}, got {stop}")
         grads = None if self.gradients is None else self.gradients[:stop]
-        return replace(self, attentions=self.attentions[:stop], gradients=grads)
+        layer_grads = None if self.layer_gradients is None else self.layer_gradients[:stop]
+        return replace(self, attentions=self.attentions[:stop], gradients=grads, layer_gradients=layer_grads)
 
     def subset(self, index: int | slice | Sequence[int]) -> Capture:
         """The capture of some images of the batch (no copy for an int or a slice)."""
@@ -91,6 +98,7 @@ class Capture:
             self,
             attentions=pick_all(self.attentions),
             gradients=pick_all(self.gradients),
+            layer_gradients=pick_all(self.layer_gradients),
             logits=pick(self.logits),
             targets=pick(self.targets),
         )
@@ -157,6 +165,7 @@ def capture(
     *,
     gradients: bool = True,
     logits: bool = True,
+    layer_gradients: bool = False,
     dtype: torch.dtype | None = None,
 ) -> Capture:
     """Run ``model`` once on ``images`` and keep what the explainers need.
@@ -175,6 +184,10 @@ def capture(
             (the last MLP and the head, about 6% of a ViT-Ti/16 forward's FLOPs) and works on headless
             backbones. The capture's ``logits`` is then ``None``, and so is ``targets`` unless ``target``
             is given.
+        layer_gradients: also compute, for every block ``l``, ``∂s_l/∂A_l`` with ``s_l`` the target score
+            read from block ``l``'s tokens through the final norm and head (LeGrad; see
+            :mod:`explainers.layer_readout`): one small backward pass per block. Off by default, so the
+            forward pass is ``model(images)`` itself and other methods pay nothing for it.
         dtype: store attention and gradients in this dtype (e.g. ``torch.float16`` to halve the memory of
             large models); explainers compute in float32 whatever the storage.
 
@@ -184,8 +197,10 @@ def capture(
     blocks = attention_blocks(model)
     images = _check_images(model, images)
     layout = TokenLayout.from_model(model, tuple(images.shape[-2:]))
-    if gradients and not logits:
+    if (gradients or layer_gradients) and not logits:
         raise ValueError("gradients need the logits: capture with logits=True (the default)")
+    if layer_gradients:
+        check_layer_readout(model)
     num_classes = int(getattr(model, "num_classes", 0))
     if num_classes <= 0 and (logits or target is not None):
         raise ValueError(
@@ -194,12 +209,16 @@ def capture(
         )
     targets = None if target is None else _check_targets(target, images.shape[0], num_classes, images.device)
 
-    output = None
-    with torch.set_grad_enabled(gradients), AttentionRecorder(None if logits else len(blocks)) as recorder:
-        if gradients:
+    output, tokens = None, None
+    with_grad = gradients or layer_gradients
+    with torch.set_grad_enabled(with_grad), AttentionRecorder(None if logits else len(blocks)) as recorder:
+        if with_grad:
             images = images.detach().requires_grad_(True)
         with suppress(ForwardStopped):
-            output = model(images)
+            if layer_gradients:
+                output, tokens = forward_with_block_tokens(model, images)
+            else:
+                output = model(images)
     attentions = recorder.attentions
     if len(attentions) != len(blocks):
         raise ValueError(
@@ -215,6 +234,9 @@ def capture(
         targets = output.detach().argmax(dim=-1)
 
     store = dtype or attentions[0].dtype
+    layer_grads = None
+    if layer_gradients:
+        layer_grads = tuple(g.to(store) for g in layer_readout_gradients(model, tokens, attentions, targets))
     grads = None
     if gradients:
         score = output.gather(1, targets[:, None]).sum()  # images are independent: Σ_b y_b,t_b
@@ -225,4 +247,5 @@ def capture(
         logits=None if output is None else output.detach(),
         targets=targets,
         layout=layout,
+        layer_gradients=layer_grads,
     )

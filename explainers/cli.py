@@ -40,7 +40,7 @@ from .evaluate import (
 )
 from .metrics.perturbation import BASELINES
 from .models import LoadedModel, load_model
-from .registry import Param, get_explainer, list_explainers
+from .registry import Param, capture_options, get_explainer, list_explainers
 from .render import overlay
 from .reviews.export import FORMATS, write_exports
 from .reviews.store import DB_NAME, ReviewStore, default_path
@@ -319,8 +319,7 @@ def _explain_batch(
     loaded: LoadedModel, batch: list[Sample], methods: dict[str, dict[str, Any]], out: Path
 ) -> list[dict[str, Any]]:
     """Write ``out/<image id>/<method>.png`` and ``.npy`` for one batch; their index rows."""
-    gradients = any(get_explainer(name).needs_gradients for name in methods)
-    cap = capture(loaded.model, torch.stack([s.image for s in batch]), gradients=gradients)
+    cap = capture(loaded.model, torch.stack([s.image for s in batch]), **capture_options(methods))
     maps = {name: compute(cap, name, **params).cpu().numpy() for name, params in methods.items()}
     probability = cap.logits.float().softmax(-1).gather(1, cap.targets[:, None])[:, 0].tolist()
     rows = []
