@@ -49,8 +49,14 @@ def forward_with_block_tokens(
 
 
 def layer_readout(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``head(fc_norm(norm(mean_n tokens[:, n])))``: the logits ``(B, C)`` one block's tokens would give."""
-    return model.head(model.head_drop(model.fc_norm(model.norm(tokens.mean(dim=1)))))
+    """``head(fc_norm(norm(mean_n tokens[:, n])))``: the logits ``(B, C)`` one block's tokens would give.
+
+    Distilled DeiT has a second head; its output is the mean of both heads, and so is this readout.
+    """
+    features = model.head_drop(model.fc_norm(model.norm(tokens.mean(dim=1))))
+    if getattr(model, "head_dist", None) is not None:
+        return (model.head(features) + model.head_dist(features)) / 2
+    return model.head(features)
 
 
 def layer_readout_gradients(

@@ -33,7 +33,7 @@ def authors_flows(attentions: list[np.ndarray]) -> np.ndarray:
 
 
 def peaked_vit() -> torch.nn.Module:
-    """A small random ViT (17 tokens, 3 blocks) with query/key weights scaled up: far from uniform attention."""
+    """A small random ViT (17 tokens, 3 blocks), query and key weights scaled up: peaked attention."""
     model = make_vit("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3, embed_dim=32, num_heads=2)
     with torch.no_grad():
         for block in model.blocks:

@@ -112,6 +112,7 @@ def test_uniform_attention_gives_a_uniform_map():
         torch.zeros(2, 3),
         torch.zeros(2, dtype=torch.long),
         TokenLayout(1, grid),
+        layer_gradients=(torch.ones_like(uniform),) * 5,
     )
     for method in explainers.list_explainers():
         maps = explainers.compute(cap, method)

@@ -1,10 +1,14 @@
 """Attention flow (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020)."""
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import maximum_flow
 
+from .. import progress
 from ..capture import Capture
 from ..registry import Cost, register
 
@@ -28,17 +32,28 @@ def flow_graph(residual: np.ndarray, source_token: int) -> sp.csr_matrix:
     columns = (np.arange(layers)[:, None, None] * n + np.arange(n)).repeat(n, axis=1).reshape(-1)
     row_starts = np.concatenate([np.zeros(n, dtype=np.int64), np.arange(layers * n + 1) * n])
     nodes = (layers + 1) * n
-    graph = sp.csr_matrix((capacities.reshape(-1), columns.astype(np.int32), row_starts), shape=(nodes, nodes))
+    graph = sp.csr_matrix((capacities.reshape(-1), columns.astype(np.int32), row_starts), (nodes, nodes))
     graph.eliminate_zeros()
     return graph
 
 
-def token_flows(residual: np.ndarray, source_token: int) -> np.ndarray:
-    """Maximum flow ``(N,)`` from ``source_token`` at the top level to each input token, in capacity units."""
+def token_flows(
+    residual: np.ndarray, source_token: int, on_flow: Callable[[int], None] = lambda token: None
+) -> np.ndarray:
+    """Maximum flow ``(N,)`` from ``source_token`` at the top level to each input token (capacity units);
+    ``on_flow(k)`` is called after the flow to token ``k``."""
     layers, n, _ = residual.shape
     graph = flow_graph(residual, source_token)
     source = layers * n + source_token
-    return np.array([maximum_flow(graph, source, token).flow_value for token in range(n)]) / SCALE
+    flows = np.empty(n)
+    for token in range(n):
+        flows[token] = maximum_flow(graph, source, token).flow_value / SCALE
+        on_flow(token)
+    return flows
+
+
+def _report_flow(done_before: int, total: int, token: int) -> None:
+    progress.report(done_before + token + 1, total)
 
 
 @register(
@@ -65,11 +80,12 @@ def attention_flow(capture: Capture) -> torch.Tensor:
             "attention_flow starts the flow at the class token's output; this model reads its output "
             f"through {layout.readout} pooling. Use a model with a class-token readout (e.g. deit_*)."
         )
-    flows = []
-    for attentions in zip(*capture.attentions, strict=True):  # one image at a time
+    flows, n, total = [], layout.num_tokens, capture.batch_size * layout.num_tokens
+    for b, attentions in enumerate(zip(*capture.attentions, strict=True)):  # one image at a time
         fused = torch.stack([a.double().mean(dim=0) for a in attentions])
-        fused += torch.eye(fused.shape[-1], dtype=fused.dtype)
+        fused += torch.eye(n, dtype=fused.dtype, device=fused.device)
         fused /= fused.sum(dim=-1, keepdim=True)
-        flow = token_flows(fused.cpu().numpy(), layout.cls_index)
+        report = partial(_report_flow, b * n, total)
+        flow = token_flows(fused.cpu().numpy(), layout.cls_index, report)
         flows.append(flow / flow.sum())
     return torch.from_numpy(np.stack(flows)).to(device=capture.device, dtype=torch.float32)
