@@ -47,6 +47,7 @@ from explainers.capture import model_dims
 from explainers.datasets.cluttered_digits import cluttered_digits
 from explainers.datasets.gallery import GalleryItem, load_gallery
 from explainers.images import content_hash, read_image
+from explainers.layer_readout import check_layer_readout
 from explainers.models import EMBEDDED, LoadedModel, load_model
 from explainers.params import LAYER
 from explainers.render import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
@@ -65,6 +66,11 @@ PAGES: dict[str, str] = {
 CAPTURE_CACHE_ENTRIES = 16
 #: Largest seed of a generated digit.
 MAX_DIGIT_SEED = 2**31 - 1
+#: A method expected to take longer than this (seconds per image, on the current model) runs only when
+#: the user asks; the others are computed at once.
+SLOW_SECONDS = 1.0
+#: Maps kept in memory across all sessions (a slow method is computed once per capture and parameters).
+MAP_CACHE_ENTRIES = 64
 
 _VIEW_KEY, _SCENE_KEY, _NOTICES_KEY, _STARTED_KEY = "_view", "_scene", "_notices", "_started"
 _UPLOAD_HASH = re.compile(r"[0-9a-f]{16}")
@@ -485,7 +491,13 @@ def _analyse(
 ) -> Analysis:
     start = time.perf_counter()
     tensor = _model.preprocess(_record.image)
-    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target)
+    try:  # one capture for every method: with LeGrad's per-layer readouts where the model has them
+        check_layer_readout(_model.model)
+        layer_gradients = True
+    except ValueError:
+        layer_gradients = False
+    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target,
+                                 layer_gradients=layer_gradients)
     seconds = time.perf_counter() - start
     box = None if _record.box is None else _box_in_view(_model, _record.image.size, _record.box)
     probabilities = capture.logits[0].float().softmax(-1).cpu().numpy()
@@ -601,15 +613,74 @@ def explainer_params(method: str, **overrides: Any) -> dict[str, Any]:
     return get_explainer(method).validate(values, scene().dims)
 
 
+class _MapStore:
+    """Computed maps by (analysis, method, parameters), the newest :data:`MAP_CACHE_ENTRIES`, and the last
+    measured time per image of each method on each model. Shared by all sessions, hence the lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.maps: dict[tuple, torch.Tensor] = {}
+        self.seconds: dict[tuple, float] = {}
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        with self.lock:
+            return self.maps.get(key)
+
+    def put(self, key: tuple, relevance: torch.Tensor, model_key: tuple, seconds: float) -> None:
+        with self.lock:
+            self.maps[key] = relevance
+            while len(self.maps) > MAP_CACHE_ENTRIES:
+                del self.maps[next(iter(self.maps))]
+            self.seconds[model_key] = seconds
+
+
+@st.cache_resource(show_spinner=False)
+def _map_store() -> _MapStore:
+    return _MapStore()
+
+
+def _map_key(method: str, params: Mapping[str, Any]) -> tuple:
+    return scene().analysis.key, method, tuple(sorted(params.items()))
+
+
+def expected_seconds(method: str) -> float:
+    """Time per image of ``method`` on the current model: as last measured here, else the estimate its
+    declared :class:`~explainers.registry.Cost` gives from the capture's own time."""
+    analysis = scene().analysis
+    measured = _map_store().seconds.get((analysis.key[:4], method))
+    if measured is not None:
+        return measured
+    dims = {**scene().dims, "num_tokens": analysis.capture.layout.num_tokens}
+    return get_explainer(method).cost.estimate_seconds(dims, analysis.seconds)
+
+
+def waits_for_request(method: str, **overrides: Any) -> bool:
+    """True for a slow method (over :data:`SLOW_SECONDS`) whose map for this view is not computed yet."""
+    if expected_seconds(method) <= SLOW_SECONDS:
+        return False
+    return _map_store().get(_map_key(method, _params(method, overrides))) is None
+
+
+def _params(method: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    declared = {p.name for p in get_explainer(method).params}
+    return explainer_params(method, **{k: v for k, v in overrides.items() if k in declared})
+
+
 def compute_maps(methods: list[str], **overrides: Any) -> dict[str, torch.Tensor]:
-    """``(gh, gw)`` map of each method for the current scene and view (tensor maths on the cached capture).
+    """``(gh, gw)`` map of each method for the current scene and view (tensor maths on the cached capture;
+    a map computed before for the same capture and parameters is reused, and the time taken is kept).
 
     ``overrides`` apply to the methods that declare them (e.g. ``head_fusion="max"``).
     """
-    capture = scene().capture
+    analysis, store = scene().analysis, _map_store()
     maps = {}
     for method in methods:
-        declared = {p.name for p in get_explainer(method).params}
-        params = explainer_params(method, **{k: v for k, v in overrides.items() if k in declared})
-        maps[method] = explainers.compute(capture, method, **params)[0]
+        params = _params(method, overrides)
+        key = _map_key(method, params)
+        relevance = store.get(key)
+        if relevance is None:
+            start = time.perf_counter()
+            relevance = explainers.compute(analysis.capture, method, **params)[0]
+            store.put(key, relevance, (analysis.key[:4], method), time.perf_counter() - start)
+        maps[method] = relevance
     return maps

@@ -23,14 +23,18 @@ def method_row(methods: list[str]) -> dict[str, torch.Tensor]:
         with cell:
             st.markdown(f"**{explainer.label}**")
             st.caption(explainer.reference, help=explainer.description)
+            st.caption(widgets.cost_text(method))
             with st.expander("Parameters"):
                 params[method] = widgets.explainer_controls(method)
     maps = {}
     for cell, method in zip(cells, methods, strict=False):
         try:
-            maps[method] = state.compute_maps([method])[method]
+            relevance = widgets.method_map(method, container=cell)
         except ValueError as error:
             cell.error(str(error))
+            continue
+        if relevance is not None:
+            maps[method] = relevance
     overlays, grids = st.columns(COLUMNS), st.columns(COLUMNS)
     for index, method in enumerate(methods):
         if method not in maps:
