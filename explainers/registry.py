@@ -136,9 +136,10 @@ class Cost:
         return " + ".join(parts)
 
     def estimate_seconds(self, dims: Mapping[str, int], pass_seconds: float) -> float:
-        """A first guess of the time per image beyond the capture, from ``pass_seconds`` (one forward and
-        backward on this model) and :attr:`SECONDS_PER_FLOW_EDGE`; measure to know."""
-        seconds = pass_seconds * (self.lrp_passes + self.layer_backwards)
+        """A first guess of the time per image beyond the capture (which already holds the per-layer
+        readouts when asked for them), from ``pass_seconds`` (one forward and backward on this model) and
+        :attr:`SECONDS_PER_FLOW_EDGE`; measure to know."""
+        seconds = pass_seconds * self.lrp_passes
         if self.max_flows:
             n = dims["num_tokens"]
             seconds += self.SECONDS_PER_FLOW_EDGE * n * dims["num_layers"] * n * n
