@@ -108,7 +108,8 @@ def cost_text(method: str) -> str:
     explainer = get_explainer(method)
     seconds = state.expected_seconds(method)
     timing = f"{seconds:.1f} s" if seconds >= 0.1 else f"{max(seconds * 1000, 0.1):.1f} ms"
-    return f"Cost: {explainer.cost.describe(explainer.needs_gradients, dims)} · about {timing} per image"
+    passes = explainer.cost.describe(explainer.needs_gradients, dims)
+    return f"Cost: {passes} · about {timing} per image after the shared capture"
 
 
 def method_map(method: str, container: Any = st, **overrides: Any) -> torch.Tensor | None:
@@ -116,10 +117,13 @@ def method_map(method: str, container: Any = st, **overrides: Any) -> torch.Tens
     :func:`state.waits_for_request`) waits for its button and then shows a progress bar while it runs.
     ``None`` while it waits."""
     if state.waits_for_request(method, **overrides):
-        container.info(f"{get_explainer(method).label} takes about {state.expected_seconds(method):.0f} s "
-                       "on this model, so it runs when you ask.", icon=":material/hourglass_top:")
-        if not container.button("Compute", key=f"run.{method}", icon=":material/play_arrow:"):
+        slot = container.empty()
+        request = slot.container()
+        request.info(f"{get_explainer(method).label} takes about {state.expected_seconds(method):.0f} s "
+                     "on this model, so it runs when you ask.", icon=":material/hourglass_top:")
+        if not request.button("Compute", key=f"run.{method}", icon=":material/play_arrow:"):
             return None
+        slot.empty()
         bar = container.progress(0.0, text="Computing…")
         with progress.reporting(lambda fraction: bar.progress(fraction, text=f"Computing… {fraction:.0%}")):
             relevance = state.compute_maps([method], **overrides)[method]
