@@ -41,7 +41,7 @@ def test_a_slow_method_waits_for_its_button_then_stays(deit_weights):
     assert "runs when you ask" in app.main.info[0].value
     app.button(key="run.attention_flow").click().run()
     assert not problems(app)
-    assert len(images(app)) == 2 + 2 * 2
+    assert len(images(app)) == 2 + 2 * 2 and not app.main.info  # the request box is gone
     app.run()  # computed once: shown at once from now on, no button
     assert len(images(app)) == 2 + 2 * 2 and not [b for b in app.main.button if b.key == "run.attention_flow"]
     cost = get_explainer("attention_flow").cost
