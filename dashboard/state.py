@@ -614,8 +614,8 @@ def explainer_params(method: str, **overrides: Any) -> dict[str, Any]:
 
 
 class _MapStore:
-    """Computed maps by (analysis, method, parameters), the newest :data:`MAP_CACHE_ENTRIES`, and the last
-    measured time per image of each method on each model. Shared by all sessions, hence the lock."""
+    """Maps of slow methods by (analysis, method, parameters), the newest :data:`MAP_CACHE_ENTRIES`, and
+    the last measured time per image of every method on each model. Shared by all sessions: a lock."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -626,12 +626,18 @@ class _MapStore:
         with self.lock:
             return self.maps.get(key)
 
-    def put(self, key: tuple, relevance: torch.Tensor, model_key: tuple, seconds: float) -> None:
+    def measured(self, model_key: tuple) -> float | None:
         with self.lock:
-            self.maps[key] = relevance
-            while len(self.maps) > MAP_CACHE_ENTRIES:
-                del self.maps[next(iter(self.maps))]
+            return self.seconds.get(model_key)
+
+    def put(self, key: tuple | None, relevance: torch.Tensor, model_key: tuple, seconds: float) -> None:
+        """Record the time; keep the map too unless ``key`` is None."""
+        with self.lock:
             self.seconds[model_key] = seconds
+            if key is not None:
+                self.maps[key] = relevance
+                while len(self.maps) > MAP_CACHE_ENTRIES:
+                    del self.maps[next(iter(self.maps))]
 
 
 @st.cache_resource(show_spinner=False)
@@ -647,7 +653,7 @@ def expected_seconds(method: str) -> float:
     """Time per image of ``method`` on the current model: as last measured here, else the estimate its
     declared :class:`~explainers.registry.Cost` gives from the capture's own time."""
     analysis = scene().analysis
-    measured = _map_store().seconds.get((analysis.key[:4], method))
+    measured = _map_store().measured((analysis.key[:4], method))
     if measured is not None:
         return measured
     dims = {**scene().dims, "num_tokens": analysis.capture.layout.num_tokens}
@@ -667,8 +673,10 @@ def _params(method: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def compute_maps(methods: list[str], **overrides: Any) -> dict[str, torch.Tensor]:
-    """``(gh, gw)`` map of each method for the current scene and view (tensor maths on the cached capture;
-    a map computed before for the same capture and parameters is reused, and the time taken is kept).
+    """``(gh, gw)`` map of each method for the current scene and view (tensor maths on the cached capture).
+
+    The time taken is kept; so is the map of a slow method (over :data:`SLOW_SECONDS`), for this capture
+    and these parameters.
 
     ``overrides`` apply to the methods that declare them (e.g. ``head_fusion="max"``).
     """
@@ -679,8 +687,10 @@ def compute_maps(methods: list[str], **overrides: Any) -> dict[str, torch.Tensor
         key = _map_key(method, params)
         relevance = store.get(key)
         if relevance is None:
+            keep = expected_seconds(method) > SLOW_SECONDS
             start = time.perf_counter()
             relevance = explainers.compute(analysis.capture, method, **params)[0]
-            store.put(key, relevance, (analysis.key[:4], method), time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            store.put(key if keep else None, relevance, (analysis.key[:4], method), seconds)
         maps[method] = relevance
     return maps
