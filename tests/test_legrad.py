@@ -1,5 +1,6 @@
 """LeGrad against the authors' package (legrad-torch 1.1, run outside the project: tests/fixtures/legrad/)."""
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -94,3 +95,14 @@ def test_runs_on_the_embedded_model_and_explains_clear_errors():
     pooled = make_vit("vit_tiny_patch16_224", img_size=32, depth=2, global_pool="map")
     with pytest.raises(ValueError, match="attention pool"):
         explainers.explain(pooled, torch.randn(1, 3, 32, 32), "legrad")
+
+
+def test_threads_on_one_model_give_the_serial_maps():
+    model = explainers.load_model("embedded").model
+    batches = [torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    serial = [explainers.explain(model, b, "legrad", target=i % 10) for i, b in enumerate(batches)]
+    with ThreadPoolExecutor(6) as pool:
+        parallel = list(pool.map(lambda i: explainers.explain(model, batches[i], "legrad", target=i % 10),
+                                 range(6)))
+    for a, b in zip(serial, parallel, strict=True):
+        torch.testing.assert_close(a, b)
