@@ -35,6 +35,15 @@ def controlled(widget: Callable[..., T], key: str, value: Any, **kwargs: Any) ->
     return result
 
 
+def newly_reported(key: str, value: Any) -> bool:
+    """True when an event widget (a chart selection) reports ``value`` for the first time: the view then
+    follows it once, and a selection left on the chart never overrides a view changed elsewhere since."""
+    reported = st.session_state.setdefault(_REPORTED, {})
+    new = key in reported and reported[key] != value
+    reported[key] = value
+    return new
+
+
 def label_of(param: Param) -> str:
     return param.name.replace("_", " ").capitalize()
 
@@ -112,24 +121,27 @@ def cost_text(method: str) -> str:
     return f"Cost: {passes} · about {timing} per image after the shared capture"
 
 
-def method_map(method: str, container: Any = st, **overrides: Any) -> torch.Tensor | None:
+def method_map(
+    method: str, container: Any = st, for_scene: state.Scene | None = None, **overrides: Any
+) -> torch.Tensor | None:
     """The map of ``method`` for the current view, at once for a fast method; a slow one (see
     :func:`state.waits_for_request`) waits for its button and then shows a progress bar while it runs.
     ``None`` while it waits."""
-    if state.waits_for_request(method, **overrides):
+    if state.waits_for_request(method, for_scene=for_scene, **overrides):
         slot = container.empty()
         request = slot.container()
-        request.info(f"{get_explainer(method).label} takes about {state.expected_seconds(method):.0f} s "
-                     "on this model, so it runs when you ask.", icon=":material/hourglass_top:")
+        seconds = state.expected_seconds(method, for_scene)
+        request.info(f"{get_explainer(method).label} takes about {seconds:.0f} s on this model, so it runs "
+                     "when you ask.", icon=":material/hourglass_top:")
         if not request.button("Compute", key=f"run.{method}", icon=":material/play_arrow:"):
             return None
         slot.empty()
         bar = container.progress(0.0, text="Computing…")
         with progress.reporting(lambda fraction: bar.progress(fraction, text=f"Computing… {fraction:.0%}")):
-            relevance = state.compute_maps([method], **overrides)[method]
+            relevance = state.compute_maps([method], for_scene=for_scene, **overrides)[method]
         bar.empty()
         return relevance
-    return state.compute_maps([method], **overrides)[method]
+    return state.compute_maps([method], for_scene=for_scene, **overrides)[method]
 
 
 def overlay_image(relevance: torch.Tensor, *, box: bool = True) -> np.ndarray:

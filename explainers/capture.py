@@ -17,7 +17,8 @@ from torch import nn
 
 from .layer_readout import check_layer_readout, forward_with_block_tokens, layer_readout_gradients
 from .layout import TokenLayout
-from .recorder import AttentionRecorder, ForwardStopped
+from .recorder import ActivationRecorder, AttentionRecorder, ForwardStopped
+from .relevance import Relevance, check_supported, propagate, watch_list
 
 Target = int | Sequence[int] | torch.Tensor | None
 
@@ -37,6 +38,8 @@ class Capture:
         layer_gradients: per block, ``∂s_l/∂A_l`` ``(B, H, N, N)``, ``s_l`` the target score read from block
             ``l``'s own tokens through the final norm and head (see :mod:`explainers.layer_readout`);
             ``None`` unless captured with ``layer_gradients=True``.
+        relevance: LRP relevance of the attention maps and input tokens for ``targets``
+            (:mod:`explainers.relevance`); ``None`` unless captured with ``relevance=True``.
     """
 
     attentions: tuple[torch.Tensor, ...]
@@ -44,6 +47,7 @@ class Capture:
     logits: torch.Tensor | None
     targets: torch.Tensor | None
     layout: TokenLayout
+    relevance: Relevance | None = None
     layer_gradients: tuple[torch.Tensor, ...] | None = None
 
     @property
@@ -71,6 +75,8 @@ class Capture:
     def nbytes(self) -> int:
         tensors = [*self.attentions, *(self.gradients or ()), *(self.layer_gradients or ())]
         tensors += [self.logits, self.targets]
+        if self.relevance is not None:
+            tensors += [*self.relevance.attention, self.relevance.tokens]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def upto(self, stop: int) -> Capture:
@@ -79,7 +85,11 @@ class Capture:
             raise ValueError(f"stop must be in 1..{self.num_layers}, got {stop}")
         grads = None if self.gradients is None else self.gradients[:stop]
         layer_grads = None if self.layer_gradients is None else self.layer_gradients[:stop]
-        return replace(self, attentions=self.attentions[:stop], gradients=grads, layer_gradients=layer_grads)
+        rel = self.relevance
+        if rel is not None:  # the token relevance is the whole model's: blocks after ``stop`` shaped it
+            rel = replace(rel, attention=rel.attention[:stop])
+        return replace(self, attentions=self.attentions[:stop], gradients=grads, relevance=rel,
+                       layer_gradients=layer_grads)
 
     def subset(self, index: int | slice | Sequence[int]) -> Capture:
         """The capture of some images of the batch (no copy for an int or a slice)."""
@@ -94,6 +104,7 @@ class Capture:
         def pick_all(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
             return None if tensors is None else tuple(t[index] for t in tensors)
 
+        rel = self.relevance
         return replace(
             self,
             attentions=pick_all(self.attentions),
@@ -101,6 +112,9 @@ class Capture:
             layer_gradients=pick_all(self.layer_gradients),
             logits=pick(self.logits),
             targets=pick(self.targets),
+            relevance=None
+            if rel is None
+            else Relevance(pick_all(rel.attention), pick(rel.tokens), pick(rel.position)),
         )
 
 
@@ -167,6 +181,7 @@ def capture(
     logits: bool = True,
     layer_gradients: bool = False,
     dtype: torch.dtype | None = None,
+    relevance: bool = False,
 ) -> Capture:
     """Run ``model`` once on ``images`` and keep what the explainers need.
 
@@ -190,6 +205,10 @@ def capture(
             forward pass is ``model(images)`` itself and other methods pay nothing for it.
         dtype: store attention and gradients in this dtype (e.g. ``torch.float16`` to halve the memory of
             large models); explainers compute in float32 whatever the storage.
+        relevance: also propagate LRP relevance from each target back through the network
+            (:mod:`explainers.relevance`; needed by ``lrp``, ``partial_lrp``, ``transformer_attribution``).
+            The same forward pass records the activations the rules read; the propagation is tensor
+            maths after it, with no autograd. Class-token models only.
 
     The model is not modified in any way (see :mod:`explainers.recorder`), so this is safe to call from
     many threads on one shared model.
@@ -197,8 +216,11 @@ def capture(
     blocks = attention_blocks(model)
     images = _check_images(model, images)
     layout = TokenLayout.from_model(model, tuple(images.shape[-2:]))
-    if (gradients or layer_gradients) and not logits:
-        raise ValueError("gradients need the logits: capture with logits=True (the default)")
+    for asked, what in ((gradients or layer_gradients, "gradients need"), (relevance, "relevance needs")):
+        if asked and not logits:
+            raise ValueError(f"{what} the logits: capture with logits=True (the default)")
+    if relevance:
+        check_supported(model)
     if layer_gradients:
         check_layer_readout(model)
     num_classes = int(getattr(model, "num_classes", 0))
@@ -210,8 +232,12 @@ def capture(
     targets = None if target is None else _check_targets(target, images.shape[0], num_classes, images.device)
 
     output, tokens = None, None
+    if relevance:  # the same pass also keeps the activations the LRP rules read
+        recorder = ActivationRecorder(watch_list(model))
+    else:
+        recorder = AttentionRecorder(None if logits else len(blocks))
     with_grad = gradients or layer_gradients
-    with torch.set_grad_enabled(with_grad), AttentionRecorder(None if logits else len(blocks)) as recorder:
+    with torch.set_grad_enabled(with_grad), recorder:
         if with_grad:
             images = images.detach().requires_grad_(True)
         with suppress(ForwardStopped):
@@ -241,11 +267,15 @@ def capture(
     if gradients:
         score = output.gather(1, targets[:, None]).sum()  # images are independent: Σ_b y_b,t_b
         grads = tuple(g.to(store) for g in torch.autograd.grad(score, attentions))
+    lrp = None
+    if relevance:
+        lrp = propagate(model, recorder.inputs, recorder.outputs, attentions, targets).to(store)
     return Capture(
         attentions=tuple(a.detach().to(store) for a in attentions),
         gradients=grads,
         logits=None if output is None else output.detach(),
         targets=targets,
         layout=layout,
+        relevance=lrp,
         layer_gradients=layer_grads,
     )

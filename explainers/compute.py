@@ -24,7 +24,8 @@ def explain(
     Parameters are checked before the model runs. The capture is made with what the method reads
     (:func:`~explainers.registry.capture_options`): a gradient method gets the full forward and backward
     pass; a method that reads the attention only gets a forward pass that stops at the last attention map
-    (``capture(..., gradients=False, logits=False)``).
+    (``capture(..., gradients=False, logits=False)``); an LRP method gets the relevance pass
+    (``relevance=True``).
     """
     explainer = get_explainer(method)
     explainer.validate(params, model_dims(model))

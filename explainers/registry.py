@@ -156,6 +156,7 @@ class Explainer:
     needs_gradients: bool
     params: tuple[Param, ...]
     reference: str
+    needs_relevance: bool = False
     cost: Cost = Cost()
 
     @property
@@ -187,6 +188,11 @@ class Explainer:
                 f"{self.name} needs per-layer readout gradients but this capture has none: capture with "
                 "layer_gradients=True"
             )
+        if self.needs_relevance and capture.relevance is None:
+            raise ValueError(
+                f"{self.name} needs LRP relevance but this capture has none: capture with relevance=True "
+                "(class-token ViTs only)"
+            )
         relevance = self.fn(capture, **values)
         return capture.layout.to_grid(relevance.float())
 
@@ -201,6 +207,7 @@ def register(
     needs_gradients: bool,
     params: tuple[Param, ...] = (),
     reference: str = "",
+    needs_relevance: bool = False,
     cost: Cost = Cost(),
 ) -> Callable[[ExplainerFn], ExplainerFn]:
     """Class-free registration: ``@register("rollout", label=..., needs_gradients=False, params=(...))``.
@@ -212,7 +219,8 @@ def register(
     ``needs_gradients=True``: the method reads ``capture.gradients`` (taken for ``capture.targets``).
     ``needs_gradients=False``: it reads only ``capture.attentions`` and ``capture.layout``, so
     :func:`explainers.explain` stops the forward pass at the last attention map and gives it a capture
-    without logits.
+    without logits. ``needs_relevance=True``: it reads ``capture.relevance`` (LRP, see
+    :mod:`explainers.relevance`), which the capture computes only when asked (``relevance=True``).
 
     ``cost``: the passes the method needs beyond the capture (:class:`Cost`; the default: none). With
     ``cost.layer_backwards`` the method reads ``capture.layer_gradients``.
@@ -221,7 +229,9 @@ def register(
     def decorate(fn: ExplainerFn) -> ExplainerFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"an explainer named {name!r} is already registered")
-        _REGISTRY[name] = Explainer(name, label, fn, needs_gradients, tuple(params), reference, cost)
+        _REGISTRY[name] = Explainer(
+            name, label, fn, needs_gradients, tuple(params), reference, needs_relevance, cost
+        )
         return fn
 
     return decorate
@@ -249,6 +259,7 @@ def capture_options(methods: Iterable[str]) -> dict[str, bool]:
     return {
         "gradients": any(e.needs_gradients for e in explainers),
         "layer_gradients": any(e.cost.layer_backwards for e in explainers),
+        "relevance": any(e.needs_relevance for e in explainers),
     }
 
 

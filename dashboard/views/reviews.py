@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard import review_panel, state, widgets
 from explainers.registry import method_label
 from explainers.reviews import Review, ReviewStore, ReviewSummary
-from explainers.reviews.export import FORMATS, export_files, overlays, params_text
+from explainers.reviews.export import FORMATS, export_files, overlays, params_text, second_tiles
 
 ALL = "All"
 #: Filter (a column of the board) → label.
@@ -73,6 +73,7 @@ def maps(review: Review) -> None:
         (method_label(m), params_text(snapshot.params.get(m, {})), picture)
         for m, picture in overlays(review).items()
     ]
+    pictures += second_tiles(review)
     for start in range(0, len(pictures), COLUMNS):
         row = pictures[start : start + COLUMNS]
         for column, (title, caption, picture) in zip(st.columns(COLUMNS), row, strict=False):
@@ -126,6 +127,9 @@ def show(board: ReviewStore, review: Review) -> None:
     st.subheader(f"Review #{review.id}: {snapshot.target_name}")
     st.caption(f"{snapshot.model} on {snapshot.device} · image {snapshot.image_id} · class {snapshot.target}"
                f" · saved by {snapshot.author} on {when(review.created_at)} UTC")
+    if snapshot.second is not None:
+        st.caption(f"Compared with model B: {snapshot.second.model} on {snapshot.second.device}, class "
+                   f"{snapshot.second.target} {snapshot.second.target_name}")
     if st.button("Reopen this view", type="primary", icon=":material/open_in_browser:", key="r.reopen"):
         reopen(review)
     if snapshot.notes:
