@@ -49,6 +49,7 @@ from explainers.capture import model_dims
 from explainers.datasets.cluttered_digits import cluttered_digits
 from explainers.datasets.gallery import GalleryItem, load_gallery
 from explainers.images import content_hash, read_image
+from explainers.layer_readout import check_layer_readout
 from explainers.models import EMBEDDED, LoadedModel, load_model
 from explainers.params import LAYER
 from explainers.relevance import supports as supports_relevance
@@ -68,6 +69,11 @@ PAGES: dict[str, str] = {
 CAPTURE_CACHE_ENTRIES = 16
 #: Largest seed of a generated digit.
 MAX_DIGIT_SEED = 2**31 - 1
+#: A method expected to take longer than this (seconds per image, on the current model) runs only when
+#: the user asks; the others are computed at once.
+SLOW_SECONDS = 1.0
+#: Maps kept in memory across all sessions (a slow method is computed once per capture and parameters).
+MAP_CACHE_ENTRIES = 64
 
 _VIEW_KEY, _SCENE_KEY, _NOTICES_KEY, _STARTED_KEY = "_view", "_scene", "_notices", "_started"
 _SECOND_SCENE_KEY = "_second_scene"
@@ -542,8 +548,14 @@ def _analyse(
 ) -> Analysis:
     start = time.perf_counter()
     tensor = _model.preprocess(_record.image)
+    try:  # one capture for every method: with LeGrad's per-layer readouts where the model has them
+        check_layer_readout(_model.model)
+        layer_gradients = True
+    except ValueError:
+        layer_gradients = False
     relevance = supports_relevance(_model.model)  # LRP methods read it; other readouts are refused there
-    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target, relevance=relevance)
+    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target, relevance=relevance,
+                                 layer_gradients=layer_gradients)
     seconds = time.perf_counter() - start
     box = None if _record.box is None else _box_in_view(_model, _record.image.size, _record.box)
     probabilities = capture.logits[0].float().softmax(-1).cpu().numpy()
@@ -691,19 +703,90 @@ def explainer_params(method: str, *, for_scene: Scene | None = None, **overrides
     return get_explainer(method).validate(values, (for_scene or scene()).dims)
 
 
+class _MapStore:
+    """Maps of slow methods by (analysis, method, parameters), the newest :data:`MAP_CACHE_ENTRIES`, and
+    the last measured time per image of every method on each model. Shared by all sessions: a lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.maps: dict[tuple, torch.Tensor] = {}
+        self.seconds: dict[tuple, float] = {}
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        with self.lock:
+            return self.maps.get(key)
+
+    def measured(self, model_key: tuple) -> float | None:
+        with self.lock:
+            return self.seconds.get(model_key)
+
+    def put(self, key: tuple | None, relevance: torch.Tensor, model_key: tuple, seconds: float) -> None:
+        """Record the time; keep the map too unless ``key`` is None."""
+        with self.lock:
+            self.seconds[model_key] = seconds
+            if key is not None:
+                self.maps[key] = relevance
+                while len(self.maps) > MAP_CACHE_ENTRIES:
+                    del self.maps[next(iter(self.maps))]
+
+
+@st.cache_resource(show_spinner=False)
+def _map_store() -> _MapStore:
+    return _MapStore()
+
+
+def _map_key(method: str, params: Mapping[str, Any], at: Scene) -> tuple:
+    return at.analysis.key, method, tuple(sorted(params.items()))
+
+
+def expected_seconds(method: str, for_scene: Scene | None = None) -> float:
+    """Time per image of ``method`` on the current model: as last measured here, else the estimate its
+    declared :class:`~explainers.registry.Cost` gives from the capture's own time."""
+    at = for_scene or scene()
+    analysis = at.analysis
+    measured = _map_store().measured((analysis.key[:4], method))
+    if measured is not None:
+        return measured
+    dims = {**at.dims, "num_tokens": analysis.capture.layout.num_tokens}
+    return get_explainer(method).cost.estimate_seconds(dims, analysis.seconds)
+
+
+def waits_for_request(method: str, *, for_scene: Scene | None = None, **overrides: Any) -> bool:
+    """True for a slow method (over :data:`SLOW_SECONDS`) whose map for this view is not computed yet."""
+    at = for_scene or scene()
+    if expected_seconds(method, at) <= SLOW_SECONDS:
+        return False
+    return _map_store().get(_map_key(method, _params(method, overrides, at), at)) is None
+
+
+def _params(method: str, overrides: Mapping[str, Any], at: Scene) -> dict[str, Any]:
+    declared = {p.name for p in get_explainer(method).params}
+    return explainer_params(method, for_scene=at, **{k: v for k, v in overrides.items() if k in declared})
+
+
 def compute_maps(
     methods: list[str], *, for_scene: Scene | None = None, **overrides: Any
 ) -> dict[str, torch.Tensor]:
     """``(gh, gw)`` map of each method for a scene (default: the first model's) and the current view:
     tensor maths on the cached capture.
 
+    The time taken is kept; so is the map of a slow method (over :data:`SLOW_SECONDS`), for this capture
+    and these parameters.
+
     ``overrides`` apply to the methods that declare them (e.g. ``head_fusion="max"``).
     """
     at = for_scene or scene()
+    analysis, store = at.analysis, _map_store()
     maps = {}
     for method in methods:
-        declared = {p.name for p in get_explainer(method).params}
-        overriding = {k: v for k, v in overrides.items() if k in declared}
-        params = explainer_params(method, for_scene=at, **overriding)
-        maps[method] = explainers.compute(at.capture, method, **params)[0]
+        params = _params(method, overrides, at)
+        key = _map_key(method, params, at)
+        relevance = store.get(key)
+        if relevance is None:
+            keep = expected_seconds(method, at) > SLOW_SECONDS
+            start = time.perf_counter()
+            relevance = explainers.compute(analysis.capture, method, **params)[0]
+            seconds = time.perf_counter() - start
+            store.put(key if keep else None, relevance, (analysis.key[:4], method), seconds)
+        maps[method] = relevance
     return maps

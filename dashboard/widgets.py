@@ -10,7 +10,7 @@ import streamlit as st
 import torch
 
 from dashboard import state
-from explainers import Param, get_explainer
+from explainers import Param, get_explainer, progress
 from explainers.render import draw_box, grid_map, overlay
 
 T = TypeVar("T")
@@ -108,6 +108,40 @@ def option_control(
                            format_func=format_func, container=container)
     state.commit(view.with_option(name, chosen, dims))
     return param.validate(chosen, dims)
+
+
+def cost_text(method: str) -> str:
+    """The passes ``method`` needs on the current model and its expected time per image."""
+    scene = state.scene()
+    dims = {**scene.dims, "num_tokens": scene.capture.layout.num_tokens}
+    explainer = get_explainer(method)
+    seconds = state.expected_seconds(method)
+    timing = f"{seconds:.1f} s" if seconds >= 0.1 else f"{max(seconds * 1000, 0.1):.1f} ms"
+    passes = explainer.cost.describe(explainer.needs_gradients, dims)
+    return f"Cost: {passes} · about {timing} per image after the shared capture"
+
+
+def method_map(
+    method: str, container: Any = st, for_scene: state.Scene | None = None, **overrides: Any
+) -> torch.Tensor | None:
+    """The map of ``method`` for the current view, at once for a fast method; a slow one (see
+    :func:`state.waits_for_request`) waits for its button and then shows a progress bar while it runs.
+    ``None`` while it waits."""
+    if state.waits_for_request(method, for_scene=for_scene, **overrides):
+        slot = container.empty()
+        request = slot.container()
+        seconds = state.expected_seconds(method, for_scene)
+        request.info(f"{get_explainer(method).label} takes about {seconds:.0f} s on this model, so it runs "
+                     "when you ask.", icon=":material/hourglass_top:")
+        if not request.button("Compute", key=f"run.{method}", icon=":material/play_arrow:"):
+            return None
+        slot.empty()
+        bar = container.progress(0.0, text="Computing…")
+        with progress.reporting(lambda fraction: bar.progress(fraction, text=f"Computing… {fraction:.0%}")):
+            relevance = state.compute_maps([method], for_scene=for_scene, **overrides)[method]
+        bar.empty()
+        return relevance
+    return state.compute_maps([method], for_scene=for_scene, **overrides)[method]
 
 
 def overlay_image(relevance: torch.Tensor, *, box: bool = True) -> np.ndarray:

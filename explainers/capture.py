@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .layer_readout import check_layer_readout, forward_with_block_tokens, layer_readout_gradients
 from .layout import TokenLayout
 from .recorder import ActivationRecorder, AttentionRecorder, ForwardStopped
 from .relevance import Relevance, check_supported, propagate, watch_list
@@ -34,6 +35,9 @@ class Capture:
         targets: the class ``t`` explained for each image ``(B,)``; ``None`` when there are no logits and
             no target was given.
         layout: prefix tokens and patch grid.
+        layer_gradients: per block, ``∂s_l/∂A_l`` ``(B, H, N, N)``, ``s_l`` the target score read from block
+            ``l``'s own tokens through the final norm and head (see :mod:`explainers.layer_readout`);
+            ``None`` unless captured with ``layer_gradients=True``.
         relevance: LRP relevance of the attention maps and input tokens for ``targets``
             (:mod:`explainers.relevance`); ``None`` unless captured with ``relevance=True``.
     """
@@ -44,6 +48,7 @@ class Capture:
     targets: torch.Tensor | None
     layout: TokenLayout
     relevance: Relevance | None = None
+    layer_gradients: tuple[torch.Tensor, ...] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -68,7 +73,8 @@ class Capture:
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.attentions, *(self.gradients or ()), self.logits, self.targets]
+        tensors = [*self.attentions, *(self.gradients or ()), *(self.layer_gradients or ())]
+        tensors += [self.logits, self.targets]
         if self.relevance is not None:
             tensors += [*self.relevance.attention, self.relevance.tokens]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
@@ -78,10 +84,12 @@ class Capture:
         if not 1 <= stop <= self.num_layers:
             raise ValueError(f"stop must be in 1..{self.num_layers}, got {stop}")
         grads = None if self.gradients is None else self.gradients[:stop]
+        layer_grads = None if self.layer_gradients is None else self.layer_gradients[:stop]
         rel = self.relevance
         if rel is not None:  # the token relevance is the whole model's: blocks after ``stop`` shaped it
             rel = replace(rel, attention=rel.attention[:stop])
-        return replace(self, attentions=self.attentions[:stop], gradients=grads, relevance=rel)
+        return replace(self, attentions=self.attentions[:stop], gradients=grads, relevance=rel,
+                       layer_gradients=layer_grads)
 
     def subset(self, index: int | slice | Sequence[int]) -> Capture:
         """The capture of some images of the batch (no copy for an int or a slice)."""
@@ -101,6 +109,7 @@ class Capture:
             self,
             attentions=pick_all(self.attentions),
             gradients=pick_all(self.gradients),
+            layer_gradients=pick_all(self.layer_gradients),
             logits=pick(self.logits),
             targets=pick(self.targets),
             relevance=None
@@ -170,6 +179,7 @@ def capture(
     *,
     gradients: bool = True,
     logits: bool = True,
+    layer_gradients: bool = False,
     dtype: torch.dtype | None = None,
     relevance: bool = False,
 ) -> Capture:
@@ -189,6 +199,10 @@ def capture(
             (the last MLP and the head, about 6% of a ViT-Ti/16 forward's FLOPs) and works on headless
             backbones. The capture's ``logits`` is then ``None``, and so is ``targets`` unless ``target``
             is given.
+        layer_gradients: also compute, for every block ``l``, ``∂s_l/∂A_l`` with ``s_l`` the target score
+            read from block ``l``'s tokens through the final norm and head (LeGrad; see
+            :mod:`explainers.layer_readout`): one small backward pass per block. Off by default, so the
+            forward pass is ``model(images)`` itself and other methods pay nothing for it.
         dtype: store attention and gradients in this dtype (e.g. ``torch.float16`` to halve the memory of
             large models); explainers compute in float32 whatever the storage.
         relevance: also propagate LRP relevance from each target back through the network
@@ -202,11 +216,13 @@ def capture(
     blocks = attention_blocks(model)
     images = _check_images(model, images)
     layout = TokenLayout.from_model(model, tuple(images.shape[-2:]))
-    for asked, what in ((gradients, "gradients need"), (relevance, "relevance needs")):
+    for asked, what in ((gradients or layer_gradients, "gradients need"), (relevance, "relevance needs")):
         if asked and not logits:
             raise ValueError(f"{what} the logits: capture with logits=True (the default)")
     if relevance:
         check_supported(model)
+    if layer_gradients:
+        check_layer_readout(model)
     num_classes = int(getattr(model, "num_classes", 0))
     if num_classes <= 0 and (logits or target is not None):
         raise ValueError(
@@ -215,16 +231,20 @@ def capture(
         )
     targets = None if target is None else _check_targets(target, images.shape[0], num_classes, images.device)
 
-    output = None
+    output, tokens = None, None
     if relevance:  # the same pass also keeps the activations the LRP rules read
         recorder = ActivationRecorder(watch_list(model))
     else:
         recorder = AttentionRecorder(None if logits else len(blocks))
-    with torch.set_grad_enabled(gradients), recorder:
-        if gradients:
+    with_grad = gradients or layer_gradients
+    with torch.set_grad_enabled(with_grad), recorder:
+        if with_grad:
             images = images.detach().requires_grad_(True)
         with suppress(ForwardStopped):
-            output = model(images)
+            if layer_gradients:
+                output, tokens = forward_with_block_tokens(model, images)
+            else:
+                output = model(images)
     attentions = recorder.attentions
     if len(attentions) != len(blocks):
         raise ValueError(
@@ -240,6 +260,9 @@ def capture(
         targets = output.detach().argmax(dim=-1)
 
     store = dtype or attentions[0].dtype
+    layer_grads = None
+    if layer_gradients:
+        layer_grads = tuple(g.to(store) for g in layer_readout_gradients(model, tokens, attentions, targets))
     grads = None
     if gradients:
         score = output.gather(1, targets[:, None]).sum()  # images are independent: Σ_b y_b,t_b
@@ -254,4 +277,5 @@ def capture(
         targets=targets,
         layout=layout,
         relevance=lrp,
+        layer_gradients=layer_grads,
     )

@@ -40,7 +40,7 @@ from .evaluate import (
 from .inputs import image_files, image_items, load_samples
 from .metrics.perturbation import BASELINES
 from .models import LoadedModel, load_model
-from .registry import Param, get_explainer, list_explainers
+from .registry import Param, capture_options, get_explainer, list_explainers
 from .render import overlay
 from .results import ResultStore, read_results, result_format
 from .reviews.export import FORMATS, write_exports
@@ -301,10 +301,7 @@ def _explain_batch(
     loaded: LoadedModel, batch: list[Sample], methods: dict[str, dict[str, Any]], out: Path
 ) -> list[dict[str, Any]]:
     """Write ``out/<image id>/<method>.png`` and ``.npy`` for one batch; their index rows."""
-    gradients = any(get_explainer(name).needs_gradients for name in methods)
-    relevance = any(get_explainer(name).needs_relevance for name in methods)
-    images = torch.stack([s.image for s in batch])
-    cap = capture(loaded.model, images, gradients=gradients, relevance=relevance)
+    cap = capture(loaded.model, torch.stack([s.image for s in batch]), **capture_options(methods))
     maps = {name: compute(cap, name, **params).cpu().numpy() for name, params in methods.items()}
     probability = cap.logits.float().softmax(-1).gather(1, cap.targets[:, None])[:, 0].tolist()
     rows = []

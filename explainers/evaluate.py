@@ -41,7 +41,7 @@ from .metrics.localisation import mass_inside, pointing_game, topk_iou
 from .metrics.perturbation import BASELINES, CURVES, fractions_every, perturbation_curves
 from .metrics.sanity import cascading_randomisation
 from .models import LoadedModel
-from .registry import get_explainer
+from .registry import capture_options, get_explainer
 
 METRICS: tuple[str, ...] = ("perturbation", "localisation", "sanity", "agreement")
 TARGETS: tuple[str, ...] = ("predicted", "label")
@@ -161,8 +161,7 @@ class Evaluation:
         self.loaded, self.metrics, self.baseline, self.target = loaded, tuple(metrics), baseline, target
         self.topk, self.step, self.seed, self.batch_size = topk, step, seed, batch_size
         self.num_layers = dims["num_layers"]
-        self.needs_gradients = any(get_explainer(name).needs_gradients for name in self.methods)
-        self.needs_relevance = any(get_explainer(name).needs_relevance for name in self.methods)
+        self.capture_options = capture_options(self.methods)
 
     @property
     def columns(self) -> list[str]:
@@ -195,7 +194,7 @@ class Evaluation:
         self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[Capture, dict[str, torch.Tensor]]:
         """One capture of ``model`` on ``images`` and every method's maps ``(B, gh, gw)`` from it."""
-        cap = capture(model, images, targets, gradients=self.needs_gradients, relevance=self.needs_relevance)
+        cap = capture(model, images, targets, **self.capture_options)
         return cap, {name: compute(cap, name, **params) for name, params in self.methods.items()}
 
     def maps(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict:

@@ -114,6 +114,7 @@ def test_uniform_attention_gives_a_uniform_map():
         torch.zeros(2, dtype=torch.long),
         TokenLayout(1, grid),
         Relevance((uniform,) * 5, torch.ones(2, n), torch.zeros(2)),  # uniform LRP relevance too
+        layer_gradients=(torch.ones_like(uniform),) * 5,
     )
     for method in explainers.list_explainers():
         maps = explainers.compute(cap, method)

@@ -26,6 +26,7 @@ def method_header(methods: list[str]) -> dict[str, dict]:
         with cell:
             st.markdown(f"**{explainer.label}**")
             st.caption(explainer.reference, help=explainer.description)
+            st.caption(widgets.cost_text(method))
             with st.expander("Parameters"):
                 params[method] = widgets.explainer_controls(method)
     return params
@@ -37,9 +38,12 @@ def row_maps(methods: list[str], scene: Scene | None = None) -> tuple[dict[str, 
     maps = {}
     for cell, method in zip(cells, methods, strict=False):
         try:
-            maps[method] = state.compute_maps([method], for_scene=scene)[method]
+            relevance = widgets.method_map(method, container=cell, for_scene=scene)
         except ValueError as error:
             cell.error(str(error))
+            continue
+        if relevance is not None:
+            maps[method] = relevance
     return maps, cells
 
 
