@@ -12,7 +12,7 @@ import pytest
 
 from explainers.reviews import SCHEMA_VERSION, ReviewStore, Snapshot, default_path
 from explainers.reviews.export import png_bytes
-from explainers.reviews.store import MIGRATIONS, maps_to_bytes, migrate, schema_version
+from explainers.reviews.store import MIGRATIONS, ReviewStoreError, maps_to_bytes, migrate, schema_version
 
 ROWS_PER_WRITER = 5
 
@@ -211,5 +211,5 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     ReviewStore(path)
     with closing(sqlite3.connect(path)) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="upgrade the tool"):
+    with pytest.raises(ReviewStoreError, match="upgrade the tool"):
         ReviewStore(path)
