@@ -3,10 +3,13 @@
 It is on when the server's ``.streamlit/secrets.toml`` has an ``[auth]`` section (Streamlit's keys:
 ``redirect_uri``, ``cookie_secret``, ``client_id``, ``client_secret``, ``server_metadata_url``). Then
 every page asks for sign-in first, a review's author is the signed-in identity, and a review can be
-deleted only by the identity that saved it or by an admin listed in the same file::
+deleted only by the identity that saved it or by an admin listed in the same file; ``allowed`` (optional)
+limits who may use the server at all, by address or by ``@domain`` (a provider such as Google signs in
+anyone who has an account)::
 
     [access]
     admins = ["alice@example.com"]
+    allowed = ["@example.com", "guest@partner.org"]
 
 Without ``[auth]`` the app runs as before, without accounts (meant for 127.0.0.1).
 """
@@ -23,13 +26,30 @@ def enabled() -> bool:
     return st.secrets.load_if_toml_exists() and "auth" in st.secrets
 
 
+def _access(name: str) -> list[str]:
+    return list(st.secrets.get("access", {}).get(name, []))
+
+
+def allowed(user: str) -> bool:
+    """Whether ``user`` may use the server: listed in ``[access] allowed``, by address or ``@domain``
+    (everyone the provider signs in when there is no list); letter case does not matter."""
+    rules = [rule.lower() for rule in _access("allowed")]
+    user = user.lower()
+    return not rules or user in rules or any(r.startswith("@") and user.endswith(r) for r in rules)
+
+
 def require() -> None:
-    """Stop the run with a sign-in button unless sign-in is off or the visitor is signed in."""
-    if not enabled() or st.user.is_logged_in:
+    """Stop the run with a sign-in button unless sign-in is off or an allowed visitor is signed in."""
+    if not enabled() or (st.user.is_logged_in and allowed(identity() or "")):
         return
     st.title("ViT explainers")
-    st.write("This server is shared by a team: sign in to open it.")
-    st.button("Sign in", type="primary", icon=":material/login:", on_click=st.login, key="auth.login")
+    if st.user.is_logged_in:
+        st.error(f"{escape(identity())} is not allowed on this server: ask its operator, or sign out and "
+                 "sign in with another account.")
+        st.button("Sign out", icon=":material/logout:", on_click=st.logout, key="auth.logout")
+    else:
+        st.write("This server is shared by a team: sign in to open it.")
+        st.button("Sign in", type="primary", icon=":material/login:", on_click=st.login, key="auth.login")
     st.stop()
 
 
@@ -43,8 +63,7 @@ def identity() -> str | None:
 def is_admin() -> bool:
     """Whether the signed-in identity is among ``[access] admins`` in the server's secrets."""
     user = identity()
-    admins = st.secrets.get("access", {}).get("admins", [])
-    return user is not None and user in admins
+    return user is not None and user in _access("admins")
 
 
 def may_delete(owner: str | None) -> bool:

@@ -6,6 +6,8 @@ Set ``VIT_EXPLAIN_SCREENSHOTS=docs/screenshots`` to write the page screenshots u
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import signal
 import socket
@@ -49,15 +51,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The dashboard served on 127.0.0.1 for this module; its base URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "VIT_EXPLAIN_DATA_DIR": str(tmp_path_factory.mktemp("data"))}
+@contextlib.contextmanager
+def dashboard(folder: Path, *options: str, port: int | None = None, **env: str) -> Iterator[str]:
+    """The dashboard served on 127.0.0.1 (``port``, or a free one) from the repository root (its
+    ``.streamlit/config.toml``), with its data and log in ``folder``, more Streamlit ``options`` and
+    ``env``; its base URL."""
+    port = port or free_port()
+    log = folder / "streamlit.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VIT_EXPLAIN_DATA_DIR": str(folder / "data"), **env}
     command = [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
-               "--server.address", "127.0.0.1", "--server.port", str(port)]
+               "--server.address", "127.0.0.1", "--server.port", str(port), *options]
     with log.open("w") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -80,6 +83,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The dashboard served on 127.0.0.1 for this module; its base URL."""
+    with dashboard(tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -145,4 +155,33 @@ def test_every_page_renders(server, browser, tmp_path, name):
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / f"{name}.png"))
     assert (folder / f"{name}.png").stat().st_size > 10_000
+    page.close()
+
+
+def test_the_server_refuses_an_upload_request_over_the_limit(server, browser, tmp_path):
+    """An upload request enlarged past the limit after the browser's own check (as a modified client would
+    send it) is refused by the server itself: ``server.maxUploadSize`` in ``.streamlit/config.toml``."""
+    small = tmp_path / "small.png"
+    small.write_bytes(base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="))
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/")
+    wait_until_idle(page)
+
+    def enlarge(route) -> None:
+        request = route.request
+        if request.method != "PUT":
+            route.continue_()
+            return
+        boundary = request.headers["content-type"].split("boundary=")[1]
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+                "Content-Type: image/png\r\n\r\n").encode()
+        route.continue_(post_data=head + bytes(26 * 2**20) + f"\r\n--{boundary}--\r\n".encode())
+
+    page.route("**/_stcore/upload_file/**", enlarge)
+    uploader = page.locator("[data-testid=stFileUploader]").filter(has_text="Upload an image")
+    with page.expect_response(lambda r: "/_stcore/upload_file/" in r.url and r.request.method == "PUT",
+                              timeout=RENDER_TIMEOUT_MS) as response:
+        uploader.locator("input[type=file]").set_input_files(str(small))
+    assert response.value.status == 413
     page.close()
