@@ -15,7 +15,7 @@ import pytest
 
 from explainers.reviews import ReviewStore
 from tests.oidc_provider import USERS, Provider
-from tests.test_browser import CHROMIUM, RENDER_TIMEOUT_MS, dashboard, free_port, wait_until_idle
+from tests.test_browser import CHROMIUM, RENDER_TIMEOUT_MS, chromium, dashboard, free_port, wait_until_idle
 
 pytestmark = [
     pytest.mark.browser,
@@ -46,6 +46,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
         )
         with dashboard(folder, "--secrets.files", str(folder / "secrets.toml"), port=port) as url:
             yield url, folder / "data"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as launched:
+        yield launched
 
 
 def signed_in_page(browser, url: str, user: str, path: str = "/"):
