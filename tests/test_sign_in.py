@@ -89,7 +89,7 @@ def test_sign_in_authorship_and_deletion_rights(site, browser):
     page.get_by_text(f"Saved as {USERS['alice']['email']}").wait_for(timeout=RENDER_TIMEOUT_MS)
     assert page.get_by_label("Your name").count() == 0  # the author is who is signed in
     page.get_by_label("Notes").fill("Signed review")
-    page.get_by_role("button", name="Save to review board").click()
+    page.get_by_role("button", name="Save to review board").last.click()  # the form's, not the expander
     page.get_by_text("Saved as review #1").wait_for(timeout=RENDER_TIMEOUT_MS)
     saved = ReviewStore(data / "reviews.sqlite3").get(1).snapshot
     alice = USERS["alice"]["email"]
@@ -107,7 +107,7 @@ def test_sign_in_authorship_and_deletion_rights(site, browser):
     wait_until_idle(page)
     section = delete_section(page)
     section.get_by_text("Only the person who saved this review").wait_for(timeout=RENDER_TIMEOUT_MS)
-    assert section.get_by_role("button", name="Delete").count() == 0  # someone else may not
+    assert section.get_by_role("button", name="Delete", exact=True).count() == 0  # someone else may not
     page.close()
 
     page = sign_in(browser, url, "carol", "/?page=reviews&review=1")
@@ -116,7 +116,7 @@ def test_sign_in_authorship_and_deletion_rights(site, browser):
     wait_until_idle(page)
     section = delete_section(page)
     section.get_by_text("Yes, delete review #1").click()  # an admin may
-    section.get_by_role("button", name="Delete").click()
+    section.get_by_role("button", name="Delete", exact=True).click()
     page.get_by_text("No review matches").wait_for(timeout=RENDER_TIMEOUT_MS)
     assert ReviewStore(data / "reviews.sqlite3").find() == []
     page.close()
