@@ -87,8 +87,8 @@ def test_sign_in_authorship_and_deletion_rights(site, browser):
     wait_until_idle(page)
     page.get_by_text("Save to review board").first.click()
     page.get_by_text(f"Saved as {USERS['alice']['email']}").wait_for(timeout=RENDER_TIMEOUT_MS)
-    assert page.get_by_label("Your name").count() == 0  # the author is who is signed in
-    page.get_by_label("Notes").fill("Signed review")
+    assert page.get_by_role("textbox", name="Your name").count() == 0  # the author is who is signed in
+    page.get_by_role("textbox", name="Notes").fill("Signed review")
     page.get_by_role("button", name="Save to review board").last.click()  # the form's, not the expander
     page.get_by_text("Saved as review #1").wait_for(timeout=RENDER_TIMEOUT_MS)
     saved = ReviewStore(data / "reviews.sqlite3").get(1).snapshot
