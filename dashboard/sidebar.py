@@ -1,8 +1,8 @@
-"""The sidebar shared by every page: model, device, image, target class and display options.
+"""The sidebar shared by every page: model, device, image, target class, a second model and display options.
 
-:func:`render` resolves them into the :class:`~dashboard.state.Scene` of this run. Anything that cannot
-be loaded (a model, weights, an image from a link) is reported and replaced by the default, so the
-session always goes on.
+:func:`render` resolves them into the :class:`~dashboard.state.Scene` of this run (and the second model's,
+:func:`state.second_scene`). Anything that cannot be loaded (a model, weights, an image from a link) is
+reported and replaced by the default, so the session always goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import replace
 import streamlit as st
 
 from dashboard import state, widgets
-from dashboard.state import Scene
+from dashboard.state import ModelSlot, Scene
 from explainers.images import EXTENSIONS
 from explainers.models import EMBEDDED, available_devices
 
@@ -35,6 +35,8 @@ def render() -> Scene:
         model = _model_section()
         image = _image_section(model)
         scene = _target_section(model, image)
+        second = _second_model_section(scene)
+        state.set_scene(scene, second)
         _display_section()
     return scene
 
@@ -46,45 +48,62 @@ def _fall_back(message: str, **defaults: object) -> None:
     st.rerun()
 
 
-def _model_section() -> state.LoadedModel:
-    view = state.view()
-    st.subheader("Model")
-    options = list(MODEL_CHOICES) + ([view.model] if view.model not in MODEL_CHOICES else [])
+#: Widget key prefix of each model slot.
+SLOT_KEYS = ("w", "w2")
+
+
+def _slot_controls(index: int, slot: ModelSlot) -> ModelSlot:
+    """Architecture, weights file and device of model slot ``index``; the view follows them."""
+    prefix = SLOT_KEYS[index]
+    options = list(MODEL_CHOICES) + ([slot.model] if slot.model not in MODEL_CHOICES else [])
     spec = widgets.controlled(
-        st.selectbox, "w.model", view.model, label="Architecture", options=options, accept_new_options=True,
+        st.selectbox, f"{prefix}.model", slot.model, label="Architecture", options=options,
+        accept_new_options=True,
         help="The embedded digit model, or any timm Vision Transformer name (type to add one). "
         "Without a weights file, timm models need their pretrained weights (from the hub or its cache).",
     )
-    with st.expander("Weights file", expanded=view.weights is not None):
+    with st.expander("Weights file", expanded=slot.weights is not None):
         weights = widgets.controlled(
-            st.text_input, "w.weights", view.weights or "", label="File in the data folder",
+            st.text_input, f"{prefix}.weights", slot.weights or "", label="File in the data folder",
             placeholder="weights/my-model.safetensors",
             help="A .safetensors, .pth or .pt state dict of this architecture, in the server's data folder "
             "(uploads, and files the operator puts in its weights/ folder); empty: its own weights.",
         ).strip() or None
-        st.file_uploader("…or upload one", type=["safetensors", "pth", "pt"], key="w.weights_upload",
-                         max_upload_size=state.MAX_UPLOAD_MB, on_change=_on_weights_upload)
+        st.file_uploader("…or upload one", type=["safetensors", "pth", "pt"], key=f"{prefix}.weights_upload",
+                         max_upload_size=state.MAX_UPLOAD_MB, on_change=_on_weights_upload, args=(index,))
     devices = available_devices()
-    if view.device not in devices:
-        state.notify(f"Device {view.device!r} is not available on this server ({', '.join(devices)}); "
+    device = slot.device
+    if device not in devices:
+        state.notify(f"Device {device!r} is not available on this server ({', '.join(devices)}); "
                      "using the CPU.")
-        view = replace(view, device="cpu")
-    device = widgets.controlled(st.selectbox, "w.device", view.device, label="Device", options=devices)
-    state.commit(replace(view, model=spec, weights=weights, device=device))
+        device = "cpu"
+    device = widgets.controlled(st.selectbox, f"{prefix}.device", device, label="Device", options=devices)
+    slot = ModelSlot(spec, weights, device)
+    state.commit(state.view().with_slot(index, slot))
+    return slot
+
+
+def _model_section() -> state.LoadedModel:
+    st.subheader("Model")
+    slot = _slot_controls(0, state.view().first)
     try:
-        with st.spinner(f"Loading {spec} on {device}…"):
-            model = state.get_model(spec, device, weights)
+        with st.spinner(f"Loading {slot.model} on {slot.device}…"):
+            model = state.load_slot(slot)
     except ValueError as error:
-        if (spec, weights, device) == (EMBEDDED, None, "cpu"):
+        if slot == ModelSlot():
             st.error(f"The embedded model cannot be loaded: {error}")
             st.stop()
         _fall_back(f"{error} Showing the embedded model instead.", model=EMBEDDED, weights=None, device="cpu")
-    st.caption(f"{len(model.class_names)} classes · input {model.data_config['input_size'][1:]} px")
+    _describe_model(model)
     return model
 
 
-def _on_weights_upload() -> None:
-    upload = st.session_state.get("w.weights_upload")
+def _describe_model(model: state.LoadedModel) -> None:
+    st.caption(f"{len(model.class_names)} classes · input {model.data_config['input_size'][1:]} px")
+
+
+def _on_weights_upload(index: int) -> None:
+    upload = st.session_state.get(f"{SLOT_KEYS[index]}.weights_upload")
     if upload is None:
         return
     try:
@@ -92,7 +111,39 @@ def _on_weights_upload() -> None:
     except ValueError as error:
         state.notify(str(error), "error")
         return
-    state.commit(replace(state.view(), weights=path))
+    view = state.view()
+    slot = view.first if index == 0 else view.second or ModelSlot()
+    state.commit(view.with_slot(index, replace(slot, weights=path)))
+
+
+def _second_model_section(first: Scene) -> Scene | None:
+    """The second model slot: off, or a model explaining the same image (and class, by name) as the first."""
+    st.subheader("Second model")
+    view = state.view()
+    on = widgets.controlled(st.toggle, "w2.on", view.second is not None, label="Compare with a second model",
+                            help="Show every map of both models side by side (Compare) and overlay their "
+                            "attention statistics (Attention distributions).")
+    if not on:
+        state.commit(view.with_slot(1, None))
+        return None
+    slot = _slot_controls(1, view.second or view.first)
+    try:
+        with st.spinner(f"Loading {slot.model} on {slot.device}…"):
+            model = state.load_slot(slot)
+    except ValueError as error:
+        _fall_back(f"{error} The second model is closed.", second=None)
+    _describe_model(model)
+    target = state.matching_target(first, model)
+    with st.spinner("Running the second model…"):
+        second = Scene(model, first.image, state.analyse(model, first.image, target))
+    name = first.class_name(first.target)
+    if target is None:
+        st.caption(f"It has no class “{name}”: it explains its own prediction, "
+                   f"{second.class_name(second.target)}.")
+    else:
+        st.caption(f"It explains the same class, {name} "
+                   f"({second.analysis.probabilities[target]:.0%}).")
+    return second
 
 
 def _image_section(model: state.LoadedModel) -> state.ImageRecord:
@@ -169,7 +220,6 @@ def _target_section(model: state.LoadedModel, image: state.ImageRecord) -> Scene
         state.commit(replace(view, target=target))
         with st.spinner("Running the model…"):
             scene = Scene(model, image, state.analyse(model, image, target))
-    state.set_scene(scene)
     st.caption(", ".join(f"{model.class_names[c]} {p:.0%}" for c, p in top[:3]))
     return scene
 

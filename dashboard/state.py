@@ -2,17 +2,18 @@
 
 Three layers, each usable on its own by any page (including pages added later):
 
-- :class:`ViewState`: everything that defines what is shown (page, model, device, image, target class,
-  explainers and all their parameters, display options). It round-trips through the URL query
-  (:meth:`ViewState.to_query` / :meth:`ViewState.from_query`) and is validated against the model with
+- :class:`ViewState`: everything that defines what is shown (page, one or two model slots, image,
+  target class, explainers and all their parameters, display options). It round-trips through the URL
+  query (:meth:`ViewState.to_query` / :meth:`ViewState.from_query`) and is validated against the model with
   the registry's :class:`~explainers.Param` declarations: a bad value becomes a message and a default.
-- Cached resources (``st.cache_resource``, shared by all sessions): models per (spec, device, weights),
+- Cached resources (``st.cache_resource``, shared by all sessions): models per slot (spec, device, weights),
   images per reference, and analyses (the capture of one image) per (spec, device, weights, image
   content hash, target) with a bounded number of entries. Explainer parameters never reach these keys:
   changing one is tensor maths on a cached capture.
 - The session: :func:`view` / :func:`commit` (the current view, mirrored into ``st.query_params``),
-  :func:`scene` (model, image and capture resolved by the sidebar for this run), :func:`explainer_params`
-  and :func:`compute_maps`, and :func:`notify` for messages shown at the top of the page.
+  :func:`scene` and :func:`second_scene` (model, image and capture of each slot, resolved by the sidebar
+  for this run), :func:`explainer_params` and :func:`compute_maps`, and :func:`notify` for messages shown
+  at the top of the page.
 
 Typical use in a page::
 
@@ -43,6 +44,7 @@ from PIL import Image
 import explainers
 from explainers import Capture, Param, get_explainer, list_explainers
 from explainers.access import WEIGHT_SUFFIXES, VisitorPolicy
+from explainers.alignment import image_grid, input_region, to_image_grid
 from explainers.attention_stats import MAP_SUMMARIES
 from explainers.capture import model_dims
 from explainers.datasets.cluttered_digits import cluttered_digits
@@ -50,6 +52,7 @@ from explainers.datasets.gallery import GalleryItem, load_gallery
 from explainers.images import content_hash, read_image, reduce
 from explainers.models import EMBEDDED, LoadedModel, load_model
 from explainers.params import LAYER
+from explainers.relevance import supports as supports_relevance
 from explainers.render import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
 from explainers.reviews import data_dir
 
@@ -71,6 +74,7 @@ MAX_UPLOAD_MB = 25
 MAX_DIGIT_SEED = 2**31 - 1
 
 _VIEW_KEY, _SCENE_KEY, _NOTICES_KEY, _STARTED_KEY = "_view", "_scene", "_notices", "_started"
+_SECOND_SCENE_KEY = "_second_scene"
 _UPLOAD_HASH = re.compile(r"[0-9a-f]{16}")
 
 
@@ -103,8 +107,32 @@ OPTIONS: dict[str, Param] = {
         Param("summary", str, next(iter(MAP_SUMMARIES)), "Summary of the map plotted against the ratio.",
               choices=tuple(MAP_SUMMARIES)),
         Param("review", int, None, "Review open on the review board.", low=1, optional=True),
+        Param("patch", int, None, "Patch whose attention is shown (row-major index in the patch grid).",
+              low=0, optional=True),
     )
 }
+#: URL keys of the second model slot → ModelSlot field.
+SECOND_SLOT_KEYS = {"model2": "model", "weights2": "weights", "device2": "device"}
+
+
+@dataclass(frozen=True)
+class ModelSlot:
+    """One model of a view, as a value: equal slots share the cached model and every capture.
+
+    Attributes:
+        model: ``"embedded"`` or a timm model name (the architecture of ``weights`` when given).
+        weights: path of a local weight file on the server, or None for the model's own weights.
+        device: "cpu", "cuda" or "mps".
+    """
+
+    model: str = EMBEDDED
+    weights: str | None = None
+    device: str = "cpu"
+
+    @property
+    def label(self) -> str:
+        """The model as people name it: its spec, and the weight file's name when there is one."""
+        return self.model if self.weights is None else f"{self.model} ({Path(self.weights).name})"
 
 
 @dataclass(frozen=True)
@@ -122,6 +150,8 @@ class ViewState:
         methods: explainers shown side by side; None: all registered ones.
         params: explainer → parameter → value, only values that differ from the declared defaults.
         options: :data:`OPTIONS` name → value, only values that differ from the defaults.
+        second: the second model compared with the first (same image, parameters and class by name), or
+            None. ``model``, ``weights`` and ``device`` are the first slot's.
     """
 
     page: str = "compare"
@@ -133,6 +163,18 @@ class ViewState:
     methods: tuple[str, ...] | None = None
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    second: ModelSlot | None = None
+
+    @property
+    def first(self) -> ModelSlot:
+        return ModelSlot(self.model, self.weights, self.device)
+
+    def with_slot(self, index: int, slot: ModelSlot | None) -> ViewState:
+        """This view with model slot ``index`` (0 or 1) set; the second slot may be None (one model)."""
+        if index == 0:
+            assert slot is not None, "the first model slot is always filled"
+            return replace(self, model=slot.model, weights=slot.weights, device=slot.device)
+        return replace(self, second=slot)
 
     def option(self, name: str) -> Any:
         """The value of a display or page option (its default unless set)."""
@@ -167,6 +209,9 @@ class ViewState:
             query["target"] = str(self.target)
         if self.methods is not None:
             query["methods"] = ",".join(self.methods)
+        if self.second is not None:
+            slot = {key: getattr(self.second, name) for key, name in SECOND_SLOT_KEYS.items()}
+            query.update({key: value for key, value in slot.items() if value})
         query.update({name: _format(value) for name, value in self.options.items()})
         for method, values in self.params.items():
             query.update({f"{method}.{name}": _format(value) for name, value in values.items()})
@@ -183,9 +228,12 @@ class ViewState:
         fields: dict[str, Any] = {}
         params: dict[str, dict[str, Any]] = {}
         options: dict[str, Any] = {}
+        second: dict[str, str] = {}
         for key, text in query.items():
             try:
-                if "." in key:
+                if key in SECOND_SLOT_KEYS:
+                    second[SECOND_SLOT_KEYS[key]] = _parse_field(SECOND_SLOT_KEYS[key], text)
+                elif "." in key:
                     method, name = key.split(".", 1)
                     params.setdefault(method, {})[name] = _parse_param(method, name, text)
                 elif key in OPTIONS:
@@ -198,7 +246,11 @@ class ViewState:
                                         f"as {','.join(fields[key])}.")
             except ValueError as error:
                 problems.append(f"Link parameter {key}={text!r} ignored: {error}.")
-        return cls(**fields, params=params, options=options), problems
+        if second and "model" not in second:
+            problems.append("Link parameters weights2/device2 ignored: the second model needs model2.")
+            second = {}
+        slot = ModelSlot(**second) if second else None
+        return cls(**fields, params=params, options=options, second=slot), problems
 
     def validated(self, dims: Mapping[str, int]) -> tuple[ViewState, list[str]]:
         """This view with every value checked against a model's ``dims`` (``num_layers``, ``num_heads``,
@@ -354,6 +406,11 @@ def get_model(spec: str, device: str, weights: str | None) -> LoadedModel:
     policy = VisitorPolicy.from_env()
     path = None if weights is None else str(policy.weights_path(weights))
     return _load_model(spec, device, path, _file_stamp(path), policy.max_params)
+
+
+def load_slot(slot: ModelSlot) -> LoadedModel:
+    """The (cached) model of a slot; ``ValueError`` if it cannot be loaded."""
+    return get_model(slot.model, slot.device, slot.weights)
 
 
 @dataclass(frozen=True, eq=False)
@@ -512,7 +569,8 @@ def _analyse(
 ) -> Analysis:
     start = time.perf_counter()
     tensor = _model.preprocess(_record.image)
-    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target)
+    relevance = supports_relevance(_model.model)  # LRP methods read it; other readouts are refused there
+    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target, relevance=relevance)
     seconds = time.perf_counter() - start
     box = None if _record.box is None else _box_in_view(_model, _record.image.size, _record.box)
     probabilities = capture.logits[0].float().softmax(-1).cpu().numpy()
@@ -612,9 +670,35 @@ class Scene:
     def class_name(self, index: int) -> str:
         return self.model.class_names[index]
 
+    @property
+    def label(self) -> str:
+        return ModelSlot(self.model.spec, self.model.weights, self.model.device).label
 
-def set_scene(scene: Scene) -> None:
+    @property
+    def region(self) -> tuple[float, float, float, float]:
+        """The part of the image (its pixels) the model sees: :func:`~explainers.alignment.input_region`."""
+        return input_region(self.model.preprocess, self.image.image.size)
+
+    def on_image_grid(self, relevance: torch.Tensor) -> np.ndarray:
+        """A map of this model on the image's own pixel grid, NaN where the model saw nothing."""
+        return to_image_grid(relevance, self.region, self.image.image.size)
+
+
+def matching_target(first: Scene, model: LoadedModel) -> int | None:
+    """The class of ``model`` with the name of the class ``first`` explains, or None (its own prediction)."""
+    name = first.class_name(first.target)
+    return model.class_names.index(name) if name in model.class_names else None
+
+
+def image_on_grid(record: ImageRecord) -> np.ndarray:
+    """The image resized to its comparison grid (:func:`explainers.alignment.image_grid`), uint8 RGB."""
+    return np.asarray(record.image.resize(image_grid(record.image.size), Image.Resampling.BILINEAR))
+
+
+def set_scene(scene: Scene, second: Scene | None = None) -> None:
+    """Keep this run's scene of each model slot (``second``: None with one model)."""
     st.session_state[_SCENE_KEY] = scene
+    st.session_state[_SECOND_SCENE_KEY] = second
 
 
 def scene() -> Scene:
@@ -622,21 +706,31 @@ def scene() -> Scene:
     return st.session_state[_SCENE_KEY]
 
 
-def explainer_params(method: str, **overrides: Any) -> dict[str, Any]:
-    """Validated parameters of ``method`` for the current view and model, with ``overrides`` applied."""
+def second_scene() -> Scene | None:
+    """The second model's scene of this run (same image; same class by name where it knows it), or None."""
+    return st.session_state.get(_SECOND_SCENE_KEY)
+
+
+def explainer_params(method: str, *, for_scene: Scene | None = None, **overrides: Any) -> dict[str, Any]:
+    """Validated parameters of ``method`` for the current view and the model of ``for_scene`` (default:
+    the first model's scene), with ``overrides`` applied."""
     values = {**view().explainer_params(method), **overrides}
-    return get_explainer(method).validate(values, scene().dims)
+    return get_explainer(method).validate(values, (for_scene or scene()).dims)
 
 
-def compute_maps(methods: list[str], **overrides: Any) -> dict[str, torch.Tensor]:
-    """``(gh, gw)`` map of each method for the current scene and view (tensor maths on the cached capture).
+def compute_maps(
+    methods: list[str], *, for_scene: Scene | None = None, **overrides: Any
+) -> dict[str, torch.Tensor]:
+    """``(gh, gw)`` map of each method for a scene (default: the first model's) and the current view:
+    tensor maths on the cached capture.
 
     ``overrides`` apply to the methods that declare them (e.g. ``head_fusion="max"``).
     """
-    capture = scene().capture
+    at = for_scene or scene()
     maps = {}
     for method in methods:
         declared = {p.name for p in get_explainer(method).params}
-        params = explainer_params(method, **{k: v for k, v in overrides.items() if k in declared})
-        maps[method] = explainers.compute(capture, method, **params)[0]
+        overriding = {k: v for k, v in overrides.items() if k in declared}
+        params = explainer_params(method, for_scene=at, **overriding)
+        maps[method] = explainers.compute(at.capture, method, **params)[0]
     return maps

@@ -35,6 +35,15 @@ def controlled(widget: Callable[..., T], key: str, value: Any, **kwargs: Any) ->
     return result
 
 
+def newly_reported(key: str, value: Any) -> bool:
+    """True when an event widget (a chart selection) reports ``value`` for the first time: the view then
+    follows it once, and a selection left on the chart never overrides a view changed elsewhere since."""
+    reported = st.session_state.setdefault(_REPORTED, {})
+    new = key in reported and reported[key] != value
+    reported[key] = value
+    return new
+
+
 def label_of(param: Param) -> str:
     return param.name.replace("_", " ").capitalize()
 

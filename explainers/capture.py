@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .layout import TokenLayout
-from .recorder import AttentionRecorder, ForwardStopped
+from .recorder import ActivationRecorder, AttentionRecorder, ForwardStopped
+from .relevance import Relevance, check_supported, propagate, watch_list
 
 Target = int | Sequence[int] | torch.Tensor | None
 
@@ -33,6 +34,8 @@ class Capture:
         targets: the class ``t`` explained for each image ``(B,)``; ``None`` when there are no logits and
             no target was given.
         layout: prefix tokens and patch grid.
+        relevance: LRP relevance of the attention maps and input tokens for ``targets``
+            (:mod:`explainers.relevance`); ``None`` unless captured with ``relevance=True``.
     """
 
     attentions: tuple[torch.Tensor, ...]
@@ -40,6 +43,7 @@ class Capture:
     logits: torch.Tensor | None
     targets: torch.Tensor | None
     layout: TokenLayout
+    relevance: Relevance | None = None
 
     @property
     def num_layers(self) -> int:
@@ -65,6 +69,8 @@ class Capture:
     @property
     def nbytes(self) -> int:
         tensors = [*self.attentions, *(self.gradients or ()), self.logits, self.targets]
+        if self.relevance is not None:
+            tensors += [*self.relevance.attention, self.relevance.tokens]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def upto(self, stop: int) -> Capture:
@@ -72,7 +78,10 @@ class Capture:
         if not 1 <= stop <= self.num_layers:
             raise ValueError(f"stop must be in 1..{self.num_layers}, got {stop}")
         grads = None if self.gradients is None else self.gradients[:stop]
-        return replace(self, attentions=self.attentions[:stop], gradients=grads)
+        rel = self.relevance
+        if rel is not None:  # the token relevance is the whole model's: blocks after ``stop`` shaped it
+            rel = replace(rel, attention=rel.attention[:stop])
+        return replace(self, attentions=self.attentions[:stop], gradients=grads, relevance=rel)
 
     def subset(self, index: int | slice | Sequence[int]) -> Capture:
         """The capture of some images of the batch (no copy for an int or a slice)."""
@@ -87,12 +96,16 @@ class Capture:
         def pick_all(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
             return None if tensors is None else tuple(t[index] for t in tensors)
 
+        rel = self.relevance
         return replace(
             self,
             attentions=pick_all(self.attentions),
             gradients=pick_all(self.gradients),
             logits=pick(self.logits),
             targets=pick(self.targets),
+            relevance=None
+            if rel is None
+            else Relevance(pick_all(rel.attention), pick(rel.tokens), pick(rel.position)),
         )
 
 
@@ -158,6 +171,7 @@ def capture(
     gradients: bool = True,
     logits: bool = True,
     dtype: torch.dtype | None = None,
+    relevance: bool = False,
 ) -> Capture:
     """Run ``model`` once on ``images`` and keep what the explainers need.
 
@@ -177,6 +191,10 @@ def capture(
             is given.
         dtype: store attention and gradients in this dtype (e.g. ``torch.float16`` to halve the memory of
             large models); explainers compute in float32 whatever the storage.
+        relevance: also propagate LRP relevance from each target back through the network
+            (:mod:`explainers.relevance`; needed by ``lrp``, ``partial_lrp``, ``transformer_attribution``).
+            The same forward pass records the activations the rules read; the propagation is tensor
+            maths after it, with no autograd. Class-token models only.
 
     The model is not modified in any way (see :mod:`explainers.recorder`), so this is safe to call from
     many threads on one shared model.
@@ -184,8 +202,11 @@ def capture(
     blocks = attention_blocks(model)
     images = _check_images(model, images)
     layout = TokenLayout.from_model(model, tuple(images.shape[-2:]))
-    if gradients and not logits:
-        raise ValueError("gradients need the logits: capture with logits=True (the default)")
+    for asked, what in ((gradients, "gradients need"), (relevance, "relevance needs")):
+        if asked and not logits:
+            raise ValueError(f"{what} the logits: capture with logits=True (the default)")
+    if relevance:
+        check_supported(model)
     num_classes = int(getattr(model, "num_classes", 0))
     if num_classes <= 0 and (logits or target is not None):
         raise ValueError(
@@ -195,7 +216,11 @@ def capture(
     targets = None if target is None else _check_targets(target, images.shape[0], num_classes, images.device)
 
     output = None
-    with torch.set_grad_enabled(gradients), AttentionRecorder(None if logits else len(blocks)) as recorder:
+    if relevance:  # the same pass also keeps the activations the LRP rules read
+        recorder = ActivationRecorder(watch_list(model))
+    else:
+        recorder = AttentionRecorder(None if logits else len(blocks))
+    with torch.set_grad_enabled(gradients), recorder:
         if gradients:
             images = images.detach().requires_grad_(True)
         with suppress(ForwardStopped):
@@ -219,10 +244,14 @@ def capture(
     if gradients:
         score = output.gather(1, targets[:, None]).sum()  # images are independent: Σ_b y_b,t_b
         grads = tuple(g.to(store) for g in torch.autograd.grad(score, attentions))
+    lrp = None
+    if relevance:
+        lrp = propagate(model, recorder.inputs, recorder.outputs, attentions, targets).to(store)
     return Capture(
         attentions=tuple(a.detach().to(store) for a in attentions),
         gradients=grads,
         logits=None if output is None else output.detach(),
         targets=targets,
         layout=layout,
+        relevance=lrp,
     )

@@ -19,7 +19,7 @@ MODEL = "deit_tiny_patch16_224"
 #: Non-default values of every page's own options, so that each must survive the round trip.
 PAGE_OPTIONS: dict[str, dict[str, str]] = {
     "compare": {"top_percent": "20"},
-    "head_fusion": {"layer": "3"},
+    "head_fusion": {"layer": "3", "patch": "37"},
     "distributions": {"chart": "histogram", "entropy": "cls", "sweep": "grad_rollout", "summary": "gini"},
     "what_if": {"explore": "gae"},
     "reviews": {"review": "1"},

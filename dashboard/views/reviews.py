@@ -10,7 +10,7 @@ from dashboard import auth, review_panel, state, widgets
 from dashboard.markup import escape
 from explainers.registry import method_label
 from explainers.reviews import Review, ReviewStore, ReviewSummary
-from explainers.reviews.export import FORMATS, export_files, overlays, params_text
+from explainers.reviews.export import FORMATS, export_files, overlays, params_text, second_tiles
 from explainers.reviews.store import MAX_AUTHOR_CHARS, MAX_COMMENT_CHARS, MAX_NOTES_CHARS, ReviewStoreError
 
 ALL = "All"
@@ -82,6 +82,7 @@ def maps(review: Review) -> None:
         (method_label(m), params_text(snapshot.params.get(m, {})), picture)
         for m, picture in overlays(review).items()
     ]
+    pictures += second_tiles(review)
     for start in range(0, len(pictures), COLUMNS):
         row = pictures[start : start + COLUMNS]
         for column, (title, caption, picture) in zip(st.columns(COLUMNS), row, strict=False):
@@ -146,6 +147,10 @@ def show(board: ReviewStore, review: Review) -> None:
     st.subheader(f"Review #{review.id}: {escape(snapshot.target_name)}")
     st.caption(escape(f"{snapshot.model} on {snapshot.device} · image {snapshot.image_id} · class "
                       f"{snapshot.target} · saved by {snapshot.author} on {when(review.created_at)} UTC"))
+    if snapshot.second is not None:
+        second = snapshot.second
+        st.caption(escape(f"Compared with model B: {second.model} on {second.device}, class "
+                          f"{second.target} {second.target_name}"))
     if st.button("Reopen this view", type="primary", icon=":material/open_in_browser:", key="r.reopen"):
         reopen(review)
     if snapshot.notes:

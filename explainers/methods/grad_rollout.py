@@ -1,5 +1,7 @@
 """Gradient-weighted attention rollout (J. Gildenblat, vit-explain, 2020), with its bugs corrected."""
 
+from collections.abc import Iterator
+
 import torch
 
 from ..attention_ops import cls_row_product, discard_lowest_
@@ -23,12 +25,13 @@ def grad_rollout(capture: Capture, *, discard_ratio: float, start_layer: int) ->
     column kept), Â_l = rownorm(Ā_l + I) and map = (Â_{L-1} ⋯ Â_s)[cls, patches].
     """
     layout = capture.layout
-    fused = (
-        discard_lowest_(
-            (capture.attentions[layer].float() * capture.gradients[layer].float()).mean(dim=1).clamp_min(0),
-            discard_ratio,
-            layout.cls_index,
-        )
-        for layer in reversed(range(start_layer, capture.num_layers))
-    )
-    return cls_row_product(fused, layout.cls_index, layout.num_tokens, normalise=True)
+
+    def fused() -> Iterator[torch.Tensor]:  # two workspaces: each Ā_l is consumed before the next is made
+        product = workspace = None
+        for layer in reversed(range(start_layer, capture.num_layers)):
+            attention, gradient = capture.attentions[layer].float(), capture.gradients[layer].float()
+            product = torch.mul(attention, gradient, out=product)
+            workspace = torch.mean(product, dim=1, out=workspace).clamp_min_(0)
+            yield discard_lowest_(workspace, discard_ratio, layout.cls_index)
+
+    return cls_row_product(fused(), layout.cls_index, layout.num_tokens, normalise=True)

@@ -26,11 +26,18 @@ def rollout(capture: Capture, *, head_fusion: str, discard_ratio: float, start_l
     token's row is used (not the distillation token's).
     """
     layout = capture.layout
+    fused = fused_layers(capture, head_fusion, discard_ratio, start_layer)
+    return cls_row_product(fused, layout.cls_index, layout.num_tokens, normalise=True)
 
-    def fused() -> Iterator[torch.Tensor]:  # one workspace: each Ā_l is consumed before the next is made
-        workspace = None
-        for layer in reversed(range(start_layer, capture.num_layers)):
-            workspace = fuse_heads(capture.attentions[layer], head_fusion, out=workspace)
-            yield discard_lowest_(workspace, discard_ratio, layout.cls_index)
 
-    return cls_row_product(fused(), layout.cls_index, layout.num_tokens, normalise=True)
+def fused_layers(
+    capture: Capture, head_fusion: str, discard_ratio: float, start_layer: int
+) -> Iterator[torch.Tensor]:
+    """Ā_l of rollout, from the last block down to ``start_layer``: heads fused, lowest entries discarded.
+
+    One workspace for all layers: each Ā_l must be consumed before the next one is asked for.
+    """
+    workspace = None
+    for layer in reversed(range(start_layer, capture.num_layers)):
+        workspace = fuse_heads(capture.attentions[layer], head_fusion, out=workspace)
+        yield discard_lowest_(workspace, discard_ratio, capture.layout.cls_index)

@@ -74,7 +74,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX comments_review ON comments (review_id)",
         "ALTER TABLE reviews ADD COLUMN charts TEXT NOT NULL DEFAULT '{}'",
     ),
-    # v3: the signed-in identity that saved a review (NULL without sign-in): who may delete it.
+    # v3: a review may compare two models: the second one's spec, device, class, image and maps (NULL
+    # for a review of one model, as every review saved before).
+    (
+        "ALTER TABLE reviews ADD COLUMN second_model TEXT",
+        "ALTER TABLE reviews ADD COLUMN second_device TEXT",
+        "ALTER TABLE reviews ADD COLUMN second_target INTEGER",
+        "ALTER TABLE reviews ADD COLUMN second_target_name TEXT",
+        "ALTER TABLE reviews ADD COLUMN second_image BLOB",
+        "ALTER TABLE reviews ADD COLUMN second_maps BLOB",
+    ),
+    # v4: the signed-in identity that saved a review (NULL without sign-in): who may delete it.
     ("ALTER TABLE reviews ADD COLUMN owner TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -116,6 +126,36 @@ def maps_from_bytes(data: bytes) -> dict[str, np.ndarray]:
 
 
 @dataclass(frozen=True)
+class SecondModel:
+    """The second model of a two-model review: what it is, the class it explained and its maps.
+
+    Attributes:
+        model, device: as :attr:`Snapshot.model` and :attr:`Snapshot.device`.
+        target, target_name: the class it explained (the first model's by name where it knows it).
+        image: the image as this model saw it, PNG bytes.
+        maps: per method, its ``(gh, gw)`` map on this model's own patch grid.
+    """
+
+    model: str
+    device: str
+    target: int
+    target_name: str
+    image: bytes
+    maps: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        _check_maps(self.image, self.maps)
+
+
+def _check_maps(image: bytes, maps: Mapping[str, np.ndarray]) -> None:
+    if not image.startswith(PNG_SIGNATURE):
+        raise ValueError("the image of a review must be PNG bytes")
+    bad = [name for name, m in maps.items() if np.ndim(m) != 2]
+    if bad:
+        raise ValueError(f"each map must be a (gh, gw) array; {bad[0]!r} has shape {np.shape(maps[bad[0]])}")
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What "Save to review board" keeps of a view.
 
@@ -133,6 +173,7 @@ class Snapshot:
         maps: per method, its ``(gh, gw)`` map.
         scores: per table (e.g. ``agreement``, ``faithfulness``), its rows as records (column → value).
         charts: per title, a Plotly figure as JSON (``fig.to_json()``), as shown in the view.
+        second: the second model of a two-model view, or None.
         owner: the signed-in identity that saved it, when the server has sign-in (None otherwise).
     """
 
@@ -151,20 +192,19 @@ class Snapshot:
     scores: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     charts: dict[str, str] = field(default_factory=dict)
     owner: str | None = None
+    second: SecondModel | None = None
 
     def __post_init__(self) -> None:
         if not self.author.strip():
             raise ValueError("a review needs an author name")
         check_length("author name", self.author.strip(), MAX_AUTHOR_CHARS)
         check_length("text of the notes", self.notes, MAX_NOTES_CHARS)
-        if not self.image.startswith(PNG_SIGNATURE):
-            raise ValueError("the image of a review must be PNG bytes")
         if list(self.maps) != list(self.methods):
             raise ValueError(f"maps {list(self.maps)} must be given for the methods {list(self.methods)}")
-        bad = [name for name, m in self.maps.items() if np.ndim(m) != 2]
-        if bad:
-            shape = np.shape(self.maps[bad[0]])
-            raise ValueError(f"each map must be a (gh, gw) array; {bad[0]!r} has shape {shape}")
+        _check_maps(self.image, self.maps)
+        if self.second is not None and not set(self.second.maps) <= set(self.methods):
+            raise ValueError(f"the second model's maps {list(self.second.maps)} must be among the methods "
+                             f"{list(self.methods)}")
 
 
 @dataclass(frozen=True)
@@ -278,6 +318,7 @@ class ReviewStore:
             "maps": maps_to_bytes(snapshot.maps),
             "scores": json.dumps(snapshot.scores),
             "charts": json.dumps(snapshot.charts),
+            **_second_columns(snapshot.second),
         }
         columns = ", ".join(row)
         values = ", ".join(f":{name}" for name in row)
@@ -303,6 +344,14 @@ class ReviewStore:
                 maps=maps_from_bytes(row["maps"]),
                 scores=json.loads(row["scores"]),
                 charts=json.loads(row["charts"]),
+                second=None if row["second_model"] is None else SecondModel(
+                    model=row["second_model"],
+                    device=row["second_device"],
+                    target=row["second_target"],
+                    target_name=row["second_target_name"],
+                    image=row["second_image"],
+                    maps=maps_from_bytes(row["second_maps"]),
+                ),
             )
         except (ValueError, TypeError, OSError, zipfile.BadZipFile) as error:
             raise ReviewStoreError(f"Review #{review_id} is damaged and cannot be shown ({error}).") from None
@@ -376,6 +425,16 @@ class ReviewStore:
                 return conn.execute("DELETE FROM reviews WHERE id = ?", (review_id,)).rowcount > 0
             deleted = conn.execute("DELETE FROM reviews WHERE id = ? AND owner = ?", (review_id, owner))
             return deleted.rowcount > 0
+
+
+def _second_columns(second: SecondModel | None) -> dict[str, Any]:
+    """The ``second_*`` columns of a review (all NULL for a review of one model)."""
+    names = ("model", "device", "target", "target_name", "image", "maps")
+    if second is None:
+        return {f"second_{name}": None for name in names}
+    values = {name: getattr(second, name) for name in names}
+    values["target"], values["maps"] = int(second.target), maps_to_bytes(second.maps)
+    return {f"second_{name}": value for name, value in values.items()}
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> None:
