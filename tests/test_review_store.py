@@ -245,9 +245,9 @@ def test_second_schema_version_file_is_upgraded_in_place(tmp_path: Path) -> None
         assert schema_version(conn) == 2
     store = ReviewStore(path)
     with closing(sqlite3.connect(path)) as conn:
-        assert schema_version(conn) == SCHEMA_VERSION == 3
+        assert schema_version(conn) == SCHEMA_VERSION == 4  # v3: second model, v4: owner
     review = store.get(1)
-    assert review.snapshot.notes == "v2" and review.snapshot.second is None
+    assert review.snapshot.notes == "v2" and review.snapshot.second is None and review.snapshot.owner is None
     assert review.comments[0].text == "hi"
     assert store.get(store.save(replace(snapshot(), second=second_model()))).snapshot.second is not None
 
