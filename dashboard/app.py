@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import streamlit as st
 
-from dashboard import sidebar, state
+from dashboard import auth, sidebar, state
+from dashboard.markup import escape
 
 ICONS = {
     "compare": ":material/compare:",
@@ -26,6 +27,7 @@ ICONS = {
 # A local file: a material icon as page icon makes the browser fetch it from fonts.gstatic.com (offline: no).
 ICON = Path(__file__).with_name("icon.png")
 st.set_page_config(page_title="ViT explainers", page_icon=str(ICON), layout="wide")
+auth.require()  # when the server configures sign-in, nothing below runs for a visitor who is not signed in
 pages = {
     key: st.Page(f"views/{key}.py", title=title, icon=ICONS[key], url_path=key, default=key == "compare")
     for key, title in state.PAGES.items()
@@ -37,6 +39,8 @@ if state.first_run() and linked and state.view().page != key:
     st.switch_page(pages[state.view().page])
 state.commit(replace(state.view(), page=key))
 sidebar.render()
-for kind, message in state.take_notices():
-    (st.error if kind == "error" else st.warning)(message)
+with st.sidebar:
+    auth.account()
+for kind, message in state.take_notices():  # they quote links and file names: shown as plain text
+    (st.error if kind == "error" else st.warning)(escape(message))
 page.run()

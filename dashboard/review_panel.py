@@ -16,12 +16,14 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from dashboard import state
+from dashboard import auth, state
+from dashboard.markup import escape
 from explainers.attention_stats import MAP_SUMMARIES
 from explainers.metrics.agreement import agreement_table
 from explainers.registry import method_label
 from explainers.reviews import ReviewStore, SecondModel, Snapshot, default_path
 from explainers.reviews.export import png_bytes
+from explainers.reviews.store import MAX_AUTHOR_CHARS, MAX_NOTES_CHARS
 
 
 @st.cache_resource(show_spinner=False)
@@ -57,9 +59,11 @@ def snapshot(
     *,
     second: Mapping[str, torch.Tensor] | None = None,
     scores: Mapping[str, list[dict]] | None = None,
+    owner: str | None = None,
 ) -> Snapshot:
     """The current view and scene with these maps (``second``: the second model's, in a two-model view)
-    and any extra ``scores`` tables, as the review board keeps them."""
+    and any extra ``scores`` tables, as the review board keeps them (``owner``: the signed-in
+    identity saving it, if any)."""
     view, scene = state.view(), state.scene()
     batched = {method: relevance.detach().float().cpu()[None] for method, relevance in maps.items()}
     summaries = [
@@ -86,6 +90,7 @@ def snapshot(
         maps={method: m[0].numpy() for method, m in batched.items()},
         scores=scores,
         charts={title: figure.to_json() for title, figure in figures.items()},
+        owner=owner,
         second=None if second is None else second_model(second),
     )
 
@@ -116,14 +121,26 @@ def render(
         if not maps:
             st.caption("Choose at least one explainer to save a review.")
             return
-        author = st.text_input("Your name", key="review.author")  # kept for the session's next reviews
+        user = auth.identity()  # with sign-in, the author is who is signed in
+        if user is None:
+            author = st.text_input("Your name", key="review.author", max_chars=MAX_AUTHOR_CHARS,
+                                   help=f"At most {MAX_AUTHOR_CHARS:,} characters.")
+        else:
+            author = user
+            st.caption(f"Saved as {escape(user)}")
         with st.form("review.save", clear_on_submit=True, border=False):
-            notes = st.text_area("Notes", placeholder="What should the team look at?", key="review.notes")
+            notes = st.text_area("Notes", placeholder="What should the team look at?", key="review.notes",
+                                 max_chars=MAX_NOTES_CHARS, help=f"At most {MAX_NOTES_CHARS:,} characters.")
             saved = st.form_submit_button("Save to review board", icon=":material/save:")
         if saved:
             if not author.strip():
                 st.error("Enter your name: every review on the board has an author.")
                 return
-            review_id = board().save(snapshot(maps, author, notes, charts, second=second, scores=scores))
+            try:
+                review_id = board().save(snapshot(maps, author, notes, charts, second=second, scores=scores,
+                                                  owner=user))
+            except ValueError as error:  # too long, or the board cannot be written (ReviewStoreError)
+                st.error(escape(error))
+                return
             st.success(f"Saved as review #{review_id}.")
             st.page_link("views/reviews.py", label="Open the review board", icon=":material/rate_review:")

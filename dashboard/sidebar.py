@@ -26,8 +26,6 @@ MODEL_CHOICES = (
     "vit_small_patch16_224",
     "vit_base_patch16_224",
 )
-#: Size limits of uploads (MB): images are also capped in pixels by ``explainers.images``.
-IMAGE_UPLOAD_MB, WEIGHTS_UPLOAD_MB = 25, 400
 
 
 def render() -> Scene:
@@ -66,12 +64,13 @@ def _slot_controls(index: int, slot: ModelSlot) -> ModelSlot:
     )
     with st.expander("Weights file", expanded=slot.weights is not None):
         weights = widgets.controlled(
-            st.text_input, f"{prefix}.weights", slot.weights or "", label="Path on the server",
-            placeholder="path/to/weights.safetensors",
-            help="A .safetensors, .pth or .pt state dict of this architecture; empty: its own weights.",
+            st.text_input, f"{prefix}.weights", slot.weights or "", label="File in the data folder",
+            placeholder="weights/my-model.safetensors",
+            help="A .safetensors, .pth or .pt state dict of this architecture, in the server's data folder "
+            "(uploads, and files the operator puts in its weights/ folder); empty: its own weights.",
         ).strip() or None
         st.file_uploader("…or upload one", type=["safetensors", "pth", "pt"], key=f"{prefix}.weights_upload",
-                         max_upload_size=WEIGHTS_UPLOAD_MB, on_change=_on_weights_upload, args=(index,))
+                         max_upload_size=state.MAX_UPLOAD_MB, on_change=_on_weights_upload, args=(index,))
     devices = available_devices()
     device = slot.device
     if device not in devices:
@@ -164,7 +163,7 @@ def _image_section(model: state.LoadedModel) -> state.ImageRecord:
         st.button("New random cluttered digit", key="w.random_digit", on_click=_random_digit,
                   icon=":material/casino:", width="stretch")
     st.file_uploader("Upload an image", type=list(EXTENSIONS), key="w.upload",
-                     max_upload_size=IMAGE_UPLOAD_MB, on_change=_on_image_upload,
+                     max_upload_size=state.MAX_UPLOAD_MB, on_change=_on_image_upload,
                      help="PNG, JPEG, WebP or BMP, up to 40 megapixels.")
     with st.expander("Gallery"):
         thumbnails = state.gallery_thumbnails()

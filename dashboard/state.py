@@ -43,12 +43,13 @@ from PIL import Image
 
 import explainers
 from explainers import Capture, Param, get_explainer, list_explainers
+from explainers.access import WEIGHT_SUFFIXES, VisitorPolicy
 from explainers.alignment import image_grid, input_region, to_image_grid
 from explainers.attention_stats import MAP_SUMMARIES
 from explainers.capture import model_dims
 from explainers.datasets.cluttered_digits import cluttered_digits
 from explainers.datasets.gallery import GalleryItem, load_gallery
-from explainers.images import content_hash, read_image
+from explainers.images import content_hash, read_image, reduce
 from explainers.layer_readout import check_layer_readout
 from explainers.models import EMBEDDED, LoadedModel, load_model
 from explainers.params import LAYER
@@ -67,6 +68,9 @@ PAGES: dict[str, str] = {
 }
 #: Analyses (captures) kept in memory across all sessions.
 CAPTURE_CACHE_ENTRIES = 16
+#: Largest upload (MB), images and weight files alike; larger weight files are put in the data folder's
+#: ``weights/`` by the operator. ``server.maxUploadSize`` in ``.streamlit/config.toml`` must match.
+MAX_UPLOAD_MB = 25
 #: Largest seed of a generated digit.
 MAX_DIGIT_SEED = 2**31 - 1
 #: A method expected to take longer than this (seconds per image, on the current model) runs only when
@@ -78,7 +82,6 @@ MAP_CACHE_ENTRIES = 64
 _VIEW_KEY, _SCENE_KEY, _NOTICES_KEY, _STARTED_KEY = "_view", "_scene", "_notices", "_started"
 _SECOND_SCENE_KEY = "_second_scene"
 _UPLOAD_HASH = re.compile(r"[0-9a-f]{16}")
-_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 def _discard_methods() -> tuple[str, ...]:
@@ -243,6 +246,10 @@ class ViewState:
                     options[key] = _parse_value(OPTIONS[key], text)
                 else:
                     fields[key] = _parse_field(key, text)
+                    if key == "methods" and len(set(fields[key])) < len(fields[key]):
+                        fields[key] = tuple(dict.fromkeys(fields[key]))
+                        problems.append(f"Link parameter methods={text!r}: each explainer is shown once, "
+                                        f"as {','.join(fields[key])}.")
             except ValueError as error:
                 problems.append(f"Link parameter {key}={text!r} ignored: {error}.")
         if second and "model" not in second:
@@ -389,13 +396,22 @@ def _file_stamp(weights: str | None) -> tuple[float, int] | None:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _load_model(spec: str, device: str, weights: str | None, stamp: tuple[float, int] | None) -> LoadedModel:
-    return load_model(spec, device, weights)
+def _load_model(
+    spec: str, device: str, weights: str | None, stamp: tuple[float, int] | None, max_params: int
+) -> LoadedModel:
+    return load_model(spec, device, weights, max_params=max_params)
 
 
 def get_model(spec: str, device: str, weights: str | None) -> LoadedModel:
-    """The model, loaded once per (spec, device, weights file and its version); ``ValueError`` if it fails."""
-    return _load_model(spec, device, weights, _file_stamp(weights))
+    """The model, loaded once per (spec, device, weights file and its version); ``ValueError`` if it fails.
+
+    What a visitor may load is the server's :class:`~explainers.access.VisitorPolicy`: weights from the
+    allowed folders only (``weights`` relative to the data folder, or absolute), architectures up to its
+    size; the file is checked against the architecture before anything is built.
+    """
+    policy = VisitorPolicy.from_env()
+    path = None if weights is None else str(policy.weights_path(weights))
+    return _load_model(spec, device, path, _file_stamp(path), policy.max_params)
 
 
 def load_slot(slot: ModelSlot) -> LoadedModel:
@@ -472,11 +488,20 @@ def get_image(ref: str) -> ImageRecord:
     if not path.is_file():
         raise ValueError(f"The uploaded image {value} is not on this server (uploads are kept in "
                          f"{uploads_dir()}).")
-    return _record(ref, read_image(path.read_bytes()), f"uploaded image {value}")
+    return _record(ref, reduce(read_image(path.read_bytes())), f"uploaded image {value}")  # file kept as is
+
+
+def _check_upload_size(data: bytes, what: str) -> None:
+    """The app's own check of :data:`MAX_UPLOAD_MB` (the server refuses larger requests first, with
+    ``server.maxUploadSize`` in ``.streamlit/config.toml``; this holds whatever the server is set to)."""
+    if len(data) > MAX_UPLOAD_MB * 2**20:
+        size = len(data) / 2**20
+        raise ValueError(f"The {what} is {size:.1f} MB; uploads are limited to {MAX_UPLOAD_MB} MB.")
 
 
 def store_upload(data: bytes) -> str:
     """Check an uploaded image, keep its bytes under their content hash and return its reference."""
+    _check_upload_size(data, "image")
     read_image(data)
     sha = content_hash(data)
     _keep(uploads_dir() / sha, data)
@@ -484,13 +509,15 @@ def store_upload(data: bytes) -> str:
 
 
 def store_weights(data: bytes, filename: str) -> str:
-    """Keep an uploaded weight file under its content hash (with its suffix) and return its path."""
+    """Keep an uploaded weight file under its content hash (with its suffix) and return its path in the
+    data folder (``weights/<hash>.safetensors``: links name no server path)."""
+    _check_upload_size(data, "weight file")
     suffix = Path(filename).suffix.lower()
-    if suffix not in _WEIGHT_SUFFIXES:
-        raise ValueError(f"{filename}: weights must be a {', '.join(_WEIGHT_SUFFIXES)} file.")
-    path = data_dir() / "weights" / f"{content_hash(data)}{suffix}"
-    _keep(path, data)
-    return str(path)
+    if suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(f"{filename}: weights must be a {', '.join(WEIGHT_SUFFIXES)} file.")
+    name = f"weights/{content_hash(data)}{suffix}"
+    _keep(data_dir() / name, data)
+    return name
 
 
 def _keep(path: Path, data: bytes) -> None:

@@ -7,6 +7,8 @@ Every page must work offline: a test fails if the browser asks anything of a hos
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import signal
 import socket
@@ -63,15 +65,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The dashboard served on 127.0.0.1 for this module; its base URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "VIT_EXPLAIN_DATA_DIR": str(tmp_path_factory.mktemp("data"))}
+@contextlib.contextmanager
+def dashboard(folder: Path, *options: str, port: int | None = None, **env: str) -> Iterator[str]:
+    """The dashboard served on 127.0.0.1 (``port``, or a free one) from the repository root (its
+    ``.streamlit/config.toml``), with its data and log in ``folder``, more Streamlit ``options`` and
+    ``env``; its base URL."""
+    port = port or free_port()
+    log = folder / "streamlit.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VIT_EXPLAIN_DATA_DIR": str(folder / "data"), **env}
     command = [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
-               "--server.address", "127.0.0.1", "--server.port", str(port)]
+               "--server.address", "127.0.0.1", "--server.port", str(port), *options]
     with log.open("w") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -97,12 +100,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The dashboard served on 127.0.0.1 for this module; its base URL."""
+    with dashboard(tmp_path_factory.mktemp("server")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def chromium():
+    """Debian's headless Chromium under Playwright."""
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+        launched = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -256,3 +273,32 @@ def test_two_models_side_by_side(open_page, tmp_path, retrained):
     assert page.locator("[data-testid=stException]").count() == 0
     assert page.get_by_role("switch", name="Compare with a second model").is_checked()
     screenshot(page, tmp_path, "compare_two_models", (2 + 3 * 4, 0))
+
+
+def test_the_server_refuses_an_upload_request_over_the_limit(server, browser, tmp_path):
+    """An upload request enlarged past the limit after the browser's own check (as a modified client would
+    send it) is refused by the server itself: ``server.maxUploadSize`` in ``.streamlit/config.toml``."""
+    small = tmp_path / "small.png"
+    small.write_bytes(base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="))
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/")
+    wait_until_idle(page)
+
+    def enlarge(route) -> None:
+        request = route.request
+        if request.method != "PUT":
+            route.continue_()
+            return
+        boundary = request.headers["content-type"].split("boundary=")[1]
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+                "Content-Type: image/png\r\n\r\n").encode()
+        route.continue_(post_data=head + bytes(26 * 2**20) + f"\r\n--{boundary}--\r\n".encode())
+
+    page.route("**/_stcore/upload_file/**", enlarge)
+    uploader = page.locator("[data-testid=stFileUploader]").filter(has_text="Upload an image")
+    with page.expect_response(lambda r: "/_stcore/upload_file/" in r.url and r.request.method == "PUT",
+                              timeout=RENDER_TIMEOUT_MS) as response:
+        uploader.locator("input[type=file]").set_input_files(str(small))
+    assert response.value.status == 413
+    page.close()

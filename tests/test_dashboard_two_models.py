@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from dashboard.state import ModelSlot, ViewState
 from explainers import list_explainers
+from explainers.access import WEIGHT_DIRS_ENV
 from explainers.models import EMBEDDED_DIR
 from tests.dashboard_apptest import images, messages, open_app, plotly_specs, problems
 
@@ -17,8 +18,10 @@ TOP = 2  # the input image and the colour bar come first on Compare
 
 
 @pytest.fixture(autouse=True)
-def data_dir(tmp_path, monkeypatch):
+def data_dir(tmp_path, monkeypatch, tmp_path_factory):
+    """A data folder per test; the module's weight files are in a folder the operator allows."""
     monkeypatch.setenv("VIT_EXPLAIN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv(WEIGHT_DIRS_ENV, str(tmp_path_factory.getbasetemp()))
     return tmp_path / "data"
 
 

@@ -44,7 +44,7 @@ def run_python(code: str, cwd: Path, *path: Path) -> None:
 
 
 def test_the_readme_has_the_blocks_this_test_knows():
-    assert len(blocks("python")) == 3 and len(blocks("toml")) == 1 and len(commands()) >= 15
+    assert len(blocks("python")) == 3 and len(blocks("toml")) == 2 and len(commands()) >= 15
 
 
 def test_the_library_snippets_run_as_written(tmp_path):
@@ -70,9 +70,12 @@ def test_the_plugin_example_is_a_working_explainer_file(tmp_path):
     )
 
 
-def test_the_toml_block_parses():
-    [toml] = blocks("toml")
-    assert tomllib.loads(toml)["project"]["entry-points"]["explainers.methods"]["cls_max"]
+def test_the_toml_blocks_parse():
+    plugin, secrets = (tomllib.loads(toml) for toml in blocks("toml"))
+    assert plugin["project"]["entry-points"]["explainers.methods"]["cls_max"]
+    assert {"redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url"} <= set(
+        secrets["auth"])  # the keys st.login needs
+    assert secrets["auth"]["redirect_uri"].endswith("/oauth2callback") and secrets["access"]["admins"]
 
 
 @pytest.mark.parametrize("command", commands())

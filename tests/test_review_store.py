@@ -13,7 +13,7 @@ import pytest
 
 from explainers.reviews import SCHEMA_VERSION, ReviewStore, SecondModel, Snapshot, default_path
 from explainers.reviews.export import png_bytes
-from explainers.reviews.store import MIGRATIONS, maps_to_bytes, migrate, schema_version
+from explainers.reviews.store import MIGRATIONS, ReviewStoreError, maps_to_bytes, migrate, schema_version
 
 ROWS_PER_WRITER = 5
 
@@ -245,9 +245,9 @@ def test_second_schema_version_file_is_upgraded_in_place(tmp_path: Path) -> None
         assert schema_version(conn) == 2
     store = ReviewStore(path)
     with closing(sqlite3.connect(path)) as conn:
-        assert schema_version(conn) == SCHEMA_VERSION == 3
+        assert schema_version(conn) == SCHEMA_VERSION == 4  # v3: second model, v4: owner
     review = store.get(1)
-    assert review.snapshot.notes == "v2" and review.snapshot.second is None
+    assert review.snapshot.notes == "v2" and review.snapshot.second is None and review.snapshot.owner is None
     assert review.comments[0].text == "hi"
     assert store.get(store.save(replace(snapshot(), second=second_model()))).snapshot.second is not None
 
@@ -257,5 +257,5 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     ReviewStore(path)
     with closing(sqlite3.connect(path)) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="upgrade the tool"):
+    with pytest.raises(ReviewStoreError, match="upgrade the tool"):
         ReviewStore(path)

@@ -150,8 +150,24 @@ def scores_frame(review: Review) -> pd.DataFrame:
     return frame[["table", *(c for c in frame.columns if c != "table")]]
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every text cell that a spreadsheet would run as a formula prefixed with ``'``
+    (shown as text); numbers, negative ones included, are left as they are."""
+    out = frame.copy()
+    for name, column in frame.items():
+        risky = column.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS)).astype(bool)
+        if risky.any():
+            out[name] = column.astype(object).mask(risky, "'" + column.astype(str))
+    return out
+
+
 def scores_csv(review: Review) -> str:
-    return scores_frame(review).to_csv(index=False)
+    # CRLF rows (RFC 4180): a cell holding a CR or an LF is then quoted.
+    return neutralise_cells(scores_frame(review)).to_csv(index=False, lineterminator="\r\n")
 
 
 def _data_uri(png: bytes) -> str:
