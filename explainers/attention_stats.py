@@ -14,6 +14,15 @@ import torch
 from .capture import Capture
 
 
+def _cls_index(capture: Capture) -> int:
+    if capture.layout.cls_index is None:
+        raise ValueError(
+            f"this model has no class token (its output reads the {capture.layout.readout} readout): "
+            "class-token statistics do not apply"
+        )
+    return capture.layout.cls_index
+
+
 def attention_entropy(capture: Capture, *, query: Literal["all", "cls"] = "all") -> torch.Tensor:
     """Shannon entropy (nats) of the attention rows, ``(B, L, H)``.
 
@@ -23,7 +32,7 @@ def attention_entropy(capture: Capture, *, query: Literal["all", "cls"] = "all")
     """
     if query not in ("all", "cls"):
         raise ValueError(f"query must be 'all' or 'cls', got {query!r}")
-    cls = capture.layout.cls_index
+    cls = _cls_index(capture) if query == "cls" else 0
     per_layer = []
     for attention in capture.attentions:
         rows = attention.float() if query == "all" else attention[:, :, cls : cls + 1].float()
@@ -57,7 +66,7 @@ def mean_attention_distance(capture: Capture, patch_size: int | tuple[int, int])
 
 def cls_attention(capture: Capture) -> torch.Tensor:
     """The class token's attention to every patch, ``(B, L, H, gh·gw)`` (row-major patch order)."""
-    cls, start = capture.layout.cls_index, capture.layout.num_prefix
+    cls, start = _cls_index(capture), capture.layout.num_prefix
     return torch.stack([a[:, :, cls, start:].float() for a in capture.attentions], dim=1)
 
 
