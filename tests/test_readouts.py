@@ -27,9 +27,13 @@ def _attend(q, k, v, scale, kept):
 
 
 def manual_vit(model, images):
-    """Logits of a timm VisionTransformer written out block by block; the attention maps it used."""
+    """Logits of a timm VisionTransformer (or NaFlexViT on images) written out block by block; the
+    attention maps it used."""
     blocks, pool = [], []
-    x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
+    if hasattr(model, "embeds"):  # NaFlexViT: patches + position embedding + prefix tokens
+        x = model.embeds(images)[0]
+    else:
+        x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
     for blk in model.blocks:
         y = blk.norm1(x)
         b, n, c = y.shape
@@ -85,10 +89,15 @@ def manual_cait(model, images):
 
 
 def manual_capture(forward, model, images, target):
-    """Attention maps and ∂y_t/∂A of the hand-written forward, float64 numpy per image."""
+    """Attention maps and ∂y/∂A of the hand-written forward, float64 numpy per image; ``y`` is the logit
+    of class ``target``, or the cosine similarity to ``target`` when it is an embedding vector."""
     logits, *groups = forward(model, images)
     maps = [a for group in groups for a in group]
-    grads = torch.autograd.grad(logits[:, target].sum(), maps)
+    if isinstance(target, torch.Tensor):
+        score = torch.nn.functional.cosine_similarity(logits, target[None], dim=-1)
+    else:
+        score = logits[:, target]
+    grads = torch.autograd.grad(score.sum(), maps)
     split = len(groups[0])
     as_np = [[t[i].detach().numpy() for t in ts] for ts in (maps, grads) for i in range(images.shape[0])]
     return logits, split, as_np[: images.shape[0]], as_np[images.shape[0] :]
@@ -114,18 +123,20 @@ def expected(method, blocks, grads, rho, num_prefix, protected, params):
 
 
 @pytest.mark.parametrize(
-    ("name", "kwargs", "readout"),
+    ("name", "kwargs", "readout", "size"),
     [
-        ("vit_base_patch16_siglip_224", {"img_size": 48}, "attention_pool"),
-        ("vit_little_patch16_reg1_gap_256", {"img_size": 48, "init_values": 1.0}, "mean"),
-        ("vit_medium_patch16_gap_256", {"img_size": 48, "init_values": 1.0, "class_token": True}, "mean"),
-        ("deit_tiny_patch16_224", {"img_size": 48, "global_pool": "map"}, "attention_pool"),
+        ("vit_base_patch16_siglip_224", {"img_size": 48}, "attention_pool", (48, 48)),
+        ("vit_little_patch16_reg1_gap_256", {"img_size": 48, "init_values": 1.0}, "mean", (48, 48)),
+        ("vit_medium_patch16_gap_256", {"img_size": 48, "class_token": True}, "mean", (48, 48)),
+        ("deit_tiny_patch16_224", {"img_size": 48, "global_pool": "map"}, "attention_pool", (48, 48)),
+        ("naflexvit_base_patch16_map", {"init_values": 1.0}, "attention_pool", (48, 80)),
+        ("naflexvit_base_patch16_gap", {"init_values": 1.0}, "mean", (64, 32)),
     ],
 )
 @pytest.mark.parametrize("method", METHODS)
-def test_readouts_match_an_independent_computation(name, kwargs, readout, method):
+def test_readouts_match_an_independent_computation(name, kwargs, readout, size, method):
     model = make_vit(name, **TINY, num_classes=4, **kwargs).double()
-    images = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     logits, _, attn, grads = manual_capture(manual_vit, model, images, target=2)
     torch.testing.assert_close(logits, model(images))  # the hand-written forward is the model's
     description = explainers.describe_model(model)
@@ -134,7 +145,8 @@ def test_readouts_match_an_independent_computation(name, kwargs, readout, method
     layout = cap.layout
     params = PARAMS.get(method, {})
     maps = explainers.compute(cap, method, **params)
-    assert maps.shape == (2, 3, 3) and torch.isfinite(maps).all() and (maps >= 0).all()
+    assert maps.shape == (2, size[0] // 16, size[1] // 16)
+    assert torch.isfinite(maps).all() and (maps >= 0).all()
     for b in range(2):
         blocks, pool = (attn[b][:-1], attn[b][-1]) if readout == "attention_pool" else (attn[b], None)
         block_grads = grads[b][: len(blocks)]
@@ -245,6 +257,26 @@ def test_similarity_target_is_the_cosine_of_pooled_embeddings():
         explainers.capture(model, images, explainers.SimilarityTarget(torch.randn(7)))
     with pytest.raises(ValueError, match="image batch"):
         explainers.SimilarityTarget(torch.randn(2, 3, 28, 28))
+
+
+@pytest.mark.parametrize("method", ["grad_rollout", "gae"])
+def test_headless_similarity_matches_an_independent_computation(method):
+    """DINOv2-style headless backbone (class token, 4 registers): ∂cos(e(x), e_ref)/∂A by hand."""
+    model = make_vit("vit_small_patch14_reg4_dinov2", **TINY, img_size=42, num_classes=0).double()
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 3, 42, 42, generator=generator, dtype=torch.float64)
+    ref = torch.randn(1, 3, 42, 42, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        ref_embedding = manual_vit(model, ref)[0][0]
+    embeddings, _, attn, grads = manual_capture(manual_vit, model, images, target=ref_embedding)
+    cap = explainers.capture(model, images, explainers.SimilarityTarget(ref))
+    cosine = torch.nn.functional.cosine_similarity(embeddings, ref_embedding[None])
+    torch.testing.assert_close(cap.scores, cosine.detach())
+    maps = explainers.compute(cap, method)
+    rho = np.eye(cap.layout.num_tokens)[0]
+    for b in range(2):
+        want = expected(method, attn[b], grads[b], rho, 5, 0, {})
+        np.testing.assert_allclose(maps[b].reshape(-1).numpy(), want, rtol=1e-6, atol=1e-12)
 
 
 FAMILIES = [  # every family issue 10 found refused or failing, built tiny with random weights
