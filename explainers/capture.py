@@ -30,7 +30,8 @@ class Capture:
         attentions: per block, the post-softmax attention ``(B, H, N, N)``, in block order.
         gradients: per block, ``∂y_t/∂A_l`` ``(B, H, N, N)`` paired with ``attentions``; ``None`` when the
             capture was made without gradients.
-        logits: the model's output ``(B, C)``; ``None`` when captured with ``logits=False``.
+        logits: the model's output ``(B, C)``; ``None`` when captured with ``logits=False`` or for a
+            :class:`~explainers.SimilarityTarget`.
         targets: the class ``t`` explained for each image ``(B,)``; ``None`` when there are no logits and
             no target was given, and for a :class:`~explainers.SimilarityTarget`.
         layout: prefix tokens, patch grid and readout.

@@ -197,6 +197,32 @@ def test_cait_chains_patch_blocks_and_class_attention(method):
         np.testing.assert_allclose(maps[b].reshape(-1).numpy(), want, rtol=1e-6, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs", "size", "want"),
+    [
+        ("deit_tiny_distilled_patch16_224", {"img_size": 32}, None, ("cls", 2, 0, (2, 2), 2, True)),
+        ("vit_base_patch16_siglip_224", {"img_size": 32}, None, ("attention_pool", 0, None, (2, 2), 2, 0)),
+        ("vit_little_patch16_reg1_gap_256", {"img_size": 32}, None, ("mean", 1, None, (2, 2), 2, True)),
+        ("cait_xxs24_224", {"img_size": 32}, None, ("cls", 1, 0, (2, 2), 4, True)),
+        ("naflexvit_base_patch16_map", {}, (32, 80), ("attention_pool", 1, None, (2, 5), 2, True)),
+        (
+            "vit_small_patch14_reg4_dinov2",
+            {"img_size": 28, "num_classes": 0},
+            None,
+            ("cls", 5, 0, (2, 2), 2, 0),
+        ),
+    ],
+)
+def test_describe_model_reads_everything_from_the_model(name, kwargs, size, want):
+    model = make_vit(name, **{**TINY, **kwargs})
+    d = explainers.describe_model(model, size)
+    layout = d.layout
+    got = (layout.readout, layout.num_prefix, layout.cls_index, layout.grid, d.num_layers, d.has_head)
+    assert got == want
+    assert d.architecture == type(model).__name__ and d.num_heads == 2
+    assert explainers.READOUTS[d.readout] in d.summary and f"{layout.grid[0]}×{layout.grid[1]}" in d.summary
+
+
 def test_cait_raw_attention_refuses_blocks_without_the_class_token():
     model = make_vit("cait_xxs24_224", **TINY, img_size=48, num_classes=4)
     cap = explainers.capture(model, torch.randn(1, 3, 48, 48), gradients=False, logits=False)
