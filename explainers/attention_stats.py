@@ -27,7 +27,8 @@ def attention_entropy(capture: Capture, *, query: Literal["all", "cls"] = "all")
     """Shannon entropy (nats) of the attention rows, ``(B, L, H)``.
 
     ``H(A_i) = −Σ_j A_ij log A_ij`` over all keys j (prefix tokens included), with ``0 log 0 = 0``;
-    averaged over every query token i (``query="all"``) or of the class token's row only
+    averaged over every query token i that attends in the block (``query="all"``; CaiT's class token
+    in its class-attention blocks only, its patches in its patch blocks only) or of the class token's row only
     (``query="cls"``). 0 means a head looks at a single token, ``log N`` that it attends uniformly.
     """
     if query not in ("all", "cls"):
@@ -36,7 +37,9 @@ def attention_entropy(capture: Capture, *, query: Literal["all", "cls"] = "all")
     per_layer = []
     for attention in capture.attentions:
         rows = attention.float() if query == "all" else attention[:, :, cls : cls + 1].float()
-        per_layer.append(-torch.special.xlogy(rows, rows).sum(dim=-1).mean(dim=-1))
+        present = rows.sum(dim=-1) > 0  # CaiT: tokens that do not attend in a block have zero rows
+        entropy = -torch.special.xlogy(rows, rows).sum(dim=-1)
+        per_layer.append((entropy * present).sum(dim=-1) / present.sum(dim=-1).clamp_min(1))
     return torch.stack(per_layer, dim=1)
 
 

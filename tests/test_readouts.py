@@ -363,3 +363,15 @@ def test_pools_without_a_token_readout_are_refused(pool):
     model = make_vit("deit_tiny_patch16_224", **TINY, img_size=32, global_pool=pool)
     with pytest.raises(ValueError, match=f"global_pool={pool!r}"):
         explainers.describe_model(model)
+
+
+def test_attention_entropy_counts_only_the_tokens_that_attend_in_cait():
+    from explainers.attention_stats import attention_entropy
+
+    model = make_vit("cait_xxs24_224", **TINY, img_size=32, num_classes=4)
+    cap = explainers.capture(model, torch.randn(1, 3, 32, 32), gradients=False, logits=False)
+    entropy = attention_entropy(cap)
+    patch_rows = cap.attentions[0][0, :, 1:, 1:]
+    class_row = cap.attentions[3][0, :, 0]
+    torch.testing.assert_close(entropy[0, 0], -(patch_rows * patch_rows.log()).sum(-1).mean(-1))
+    torch.testing.assert_close(entropy[0, 3], -(class_row * class_row.log()).sum(-1))
