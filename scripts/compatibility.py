@@ -7,13 +7,15 @@ depth 2 (narrower where timm allows), through :func:`explainers.describe_model`,
 :class:`explainers.SimilarityTarget`). A cell is ✓ when the maps have the model's grid and are finite and
 non-negative ("✓ flat" when the random model's map is constant), else the reason.
 
-    python scripts/compatibility.py            # prints the table and writes it into README.md
-    python scripts/compatibility.py --no-write
+    python scripts/compatibility.py            # prints the table, writes it into README.md and
+                                               # benchmarks/results/compatibility.csv (every model name)
+    python scripts/compatibility.py --no-write --families siglip,cait
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import re
 import time
 from pathlib import Path
@@ -82,8 +84,8 @@ def family(name: str) -> str:
     return "_".join(parts)
 
 
-def representatives() -> dict[str, tuple[str, str, int]]:
-    """family → (module, smallest-looking model name, number of models in the family)."""
+def representatives() -> dict[str, tuple[str, str, list[str]]]:
+    """family → (module, smallest-looking model name, all the family's model names)."""
     found: dict[str, list[str]] = {}
     modules: dict[str, str] = {}
     for module in MODULES:
@@ -98,7 +100,7 @@ def representatives() -> dict[str, tuple[str, str, int]]:
     def rank(name: str) -> tuple[int, int, str]:
         return next((i for i, w in enumerate(order) if w in name), len(order)), len(name), name
 
-    return {key: (modules[key], min(names, key=rank), len(names)) for key, names in sorted(found.items())}
+    return {key: (modules[key], min(names, key=rank), names) for key, names in sorted(found.items())}
 
 
 def build(name: str) -> torch.nn.Module:
@@ -147,7 +149,7 @@ def check(name: str, methods: list[str]) -> tuple[str, list[str]]:
     return description.summary, cells
 
 
-def table() -> str:
+def table(families: list[str] | None = None, csv_path: Path | None = None) -> str:
     methods = explainers.list_explainers()
     lines = [
         "| family (timm module, models) | example, built with depth 2 | readout · prefix · grid | "
@@ -155,24 +157,46 @@ def table() -> str:
         + " |",
         "|---|---|---|" + "---|" * len(methods),
     ]
-    for key, (module, name, count) in representatives().items():
+    records = []
+    for key, (module, name, names) in representatives().items():
+        if families and not any(f in key for f in families):
+            continue
         start = time.perf_counter()
         summary, cells = check(name, methods)
         print(f"{key:40s} {name:45s} {time.perf_counter() - start:5.1f}s {summary[:60]}", flush=True)
-        row = [f"`{key}` ({module}, {count})", f"`{name}`", summary.replace("|", "/"), *cells]
+        row = [f"`{key}` ({module}, {len(names)})", f"`{name}`", summary.replace("|", "/"), *cells]
         lines.append("| " + " | ".join(row) + " |")
+        records.append(
+            {
+                "family": key,
+                "module": module,
+                "example": name,
+                "summary": summary,
+                **dict(zip(methods, cells, strict=True)),
+                "models": " ".join(names),
+            }
+        )
+    if csv_path is not None:
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.DictWriter(
+                handle, fieldnames=["family", "module", "example", "summary", *methods, "models"]
+            )
+            writer.writeheader()
+            writer.writerows(records)
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--families", default="", help="comma-separated parts of family names to check")
     args = parser.parse_args()
-    torch.set_grad_enabled(True)
-    text = table()
+    root = Path(__file__).resolve().parents[1]
+    families = [f for f in args.families.split(",") if f]
+    text = table(families, None if args.no_write else root / "benchmarks" / "results" / "compatibility.csv")
     print(text)
     if not args.no_write:
-        readme = Path(__file__).resolve().parents[1] / "README.md"
+        readme = root / "README.md"
         content = readme.read_text()
         start, end = content.index(MARKERS[0]) + len(MARKERS[0]), content.index(MARKERS[1])
         readme.write_text(content[:start] + "\n" + text + "\n" + content[end:])
