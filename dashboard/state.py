@@ -49,6 +49,7 @@ from explainers.datasets.gallery import GalleryItem, load_gallery
 from explainers.images import content_hash, read_image
 from explainers.models import EMBEDDED, LoadedModel, load_model
 from explainers.params import LAYER
+from explainers.relevance import supports as supports_relevance
 from explainers.render import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
 from explainers.reviews import data_dir
 
@@ -485,7 +486,8 @@ def _analyse(
 ) -> Analysis:
     start = time.perf_counter()
     tensor = _model.preprocess(_record.image)
-    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target)
+    relevance = supports_relevance(_model.model)  # LRP methods read it; other readouts are refused there
+    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target, relevance=relevance)
     seconds = time.perf_counter() - start
     box = None if _record.box is None else _box_in_view(_model, _record.image.size, _record.box)
     probabilities = capture.logits[0].float().softmax(-1).cpu().numpy()

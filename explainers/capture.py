@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .layout import ModelDescription, TokenLayout, describe_model
-from .recorder import AttentionRecorder, ForwardStopped
+from .recorder import ActivationRecorder, AttentionRecorder, ForwardStopped
+from .relevance import Relevance, check_supported, propagate, watch_list
 from .targets import SimilarityTarget, pooled_embedding
 
 Target = int | Sequence[int] | torch.Tensor | SimilarityTarget | None
@@ -41,6 +42,8 @@ class Capture:
         pool_gradient: ``∂y/∂pool_attention``, paired with it; ``None`` without gradients or pool.
         scores: the explained score of each image ``(B,)``: the target logit ``y_t``, or the cosine
             similarity for a :class:`~explainers.SimilarityTarget`; ``None`` without logits.
+        relevance: LRP relevance of the attention maps and input tokens for ``targets``
+            (:mod:`explainers.relevance`); ``None`` unless captured with ``relevance=True``.
     """
 
     attentions: tuple[torch.Tensor, ...]
@@ -51,6 +54,7 @@ class Capture:
     pool_attention: torch.Tensor | None = None
     pool_gradient: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    relevance: Relevance | None = None
 
     @property
     def num_layers(self) -> int:
@@ -77,6 +81,8 @@ class Capture:
     def nbytes(self) -> int:
         tensors = [*self.attentions, *(self.gradients or ()), self.logits, self.targets]
         tensors += [self.pool_attention, self.pool_gradient, self.scores]
+        if self.relevance is not None:
+            tensors += [*self.relevance.attention, self.relevance.tokens]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def upto(self, stop: int) -> Capture:
@@ -85,7 +91,10 @@ class Capture:
         if not 1 <= stop <= self.num_layers:
             raise ValueError(f"stop must be in 1..{self.num_layers}, got {stop}")
         grads = None if self.gradients is None else self.gradients[:stop]
-        return replace(self, attentions=self.attentions[:stop], gradients=grads)
+        rel = self.relevance
+        if rel is not None:  # the token relevance is the whole model's: blocks after ``stop`` shaped it
+            rel = replace(rel, attention=rel.attention[:stop])
+        return replace(self, attentions=self.attentions[:stop], gradients=grads, relevance=rel)
 
     def subset(self, index: int | slice | Sequence[int]) -> Capture:
         """The capture of some images of the batch (no copy for an int or a slice)."""
@@ -100,6 +109,7 @@ class Capture:
         def pick_all(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
             return None if tensors is None else tuple(t[index] for t in tensors)
 
+        rel = self.relevance
         return replace(
             self,
             attentions=pick_all(self.attentions),
@@ -109,6 +119,9 @@ class Capture:
             pool_attention=pick(self.pool_attention),
             pool_gradient=pick(self.pool_gradient),
             scores=pick(self.scores),
+            relevance=None
+            if rel is None
+            else Relevance(pick_all(rel.attention), pick(rel.tokens), pick(rel.position)),
         )
 
 
@@ -175,6 +188,7 @@ def capture(
     gradients: bool = True,
     logits: bool = True,
     dtype: torch.dtype | None = None,
+    relevance: bool = False,
 ) -> Capture:
     """Run ``model`` once on ``images`` and keep what the explainers need.
 
@@ -197,6 +211,10 @@ def capture(
             capture's ``logits`` is then ``None``, and so is ``targets`` unless ``target`` is given.
         dtype: store attention and gradients in this dtype (e.g. ``torch.float16`` to halve the memory of
             large models); explainers compute in float32 whatever the storage.
+        relevance: also propagate LRP relevance from each target back through the network
+            (:mod:`explainers.relevance`; needed by ``lrp``, ``partial_lrp``, ``transformer_attribution``).
+            The same forward pass records the activations the rules read; the propagation is tensor
+            maths after it, with no autograd. Class-token models only.
 
     The model is not modified in any way (see :mod:`explainers.recorder`), so this is safe to call from
     many threads on one shared model. CaiT's maps are laid out on all ``N = 1 + P`` tokens (see
@@ -205,8 +223,11 @@ def capture(
     images = _check_images(model, images)
     description = describe_model(model, tuple(images.shape[-2:]))
     layout = description.layout
-    if gradients and not logits:
-        raise ValueError("gradients need the logits: capture with logits=True (the default)")
+    for asked, what in ((gradients, "gradients need"), (relevance, "relevance needs")):
+        if asked and not logits:
+            raise ValueError(f"{what} the logits: capture with logits=True (the default)")
+    if relevance:
+        check_supported(model)
     similarity = target if isinstance(target, SimilarityTarget) else None
     num_classes = int(getattr(model, "num_classes", 0))
     if num_classes <= 0 and similarity is None and (logits or target is not None):
@@ -228,7 +249,11 @@ def capture(
     pooled = layout.readout == "attention_pool"
     expected = description.num_layers + pooled
     output = None
-    with torch.set_grad_enabled(gradients), AttentionRecorder(None if logits else expected) as recorder:
+    if relevance:  # the same pass also keeps the activations the LRP rules read
+        recorder = ActivationRecorder(watch_list(model))
+    else:
+        recorder = AttentionRecorder(None if logits else expected)
+    with torch.set_grad_enabled(gradients), recorder:
         if gradients:
             images = images.detach().requires_grad_(True)
         with suppress(ForwardStopped):
@@ -250,6 +275,9 @@ def capture(
         grads = torch.autograd.grad(scores.sum(), maps)  # images are independent: Σ_b y_b
     attentions, pool = _lay_out(tuple(a.detach() for a in maps), layout, pooled, store)
     gradients_out, pool_gradient = (None, None) if grads is None else _lay_out(grads, layout, pooled, store)
+    lrp = None
+    if relevance:  # check_supported: a class-token ViT, so the recorded maps are the block maps as they are
+        lrp = propagate(model, recorder.inputs, recorder.outputs, maps, targets).to(store)
     return Capture(
         attentions=attentions,
         gradients=gradients_out,
@@ -259,6 +287,7 @@ def capture(
         pool_attention=pool,
         pool_gradient=pool_gradient,
         scores=None if scores is None else scores.detach(),
+        relevance=lrp,
     )
 
 

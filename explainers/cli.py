@@ -320,7 +320,9 @@ def _explain_batch(
 ) -> list[dict[str, Any]]:
     """Write ``out/<image id>/<method>.png`` and ``.npy`` for one batch; their index rows."""
     gradients = any(get_explainer(name).needs_gradients for name in methods)
-    cap = capture(loaded.model, torch.stack([s.image for s in batch]), gradients=gradients)
+    relevance = any(get_explainer(name).needs_relevance for name in methods)
+    images = torch.stack([s.image for s in batch])
+    cap = capture(loaded.model, images, gradients=gradients, relevance=relevance)
     maps = {name: compute(cap, name, **params).cpu().numpy() for name, params in methods.items()}
     probability = cap.logits.float().softmax(-1).gather(1, cap.targets[:, None])[:, 0].tolist()
     rows = []

@@ -23,9 +23,11 @@ def explain(
 
     Parameters are checked before the model runs. A gradient method gets the full forward and backward
     pass; a method without gradients reads the attention only, so the forward pass stops at the last
-    attention map (``capture(..., gradients=False, logits=False)``).
+    attention map (``capture(..., gradients=False, logits=False)``); an LRP method gets the relevance pass
+    (``relevance=True``).
     """
     explainer = get_explainer(method)
     explainer.validate(params, model_dims(model))
-    grads = explainer.needs_gradients
-    return explainer(capture(model, images, target, gradients=grads, logits=grads), **params)
+    grads, rel = explainer.needs_gradients, explainer.needs_relevance
+    cap = capture(model, images, target, gradients=grads, logits=grads or rel, relevance=rel)
+    return explainer(cap, **params)

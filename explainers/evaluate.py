@@ -187,6 +187,7 @@ class Evaluation:
         self.topk, self.seed, self.batch_size = topk, seed, batch_size
         self.num_layers = dims["num_layers"]
         self.needs_gradients = any(get_explainer(name).needs_gradients for name in self.methods)
+        self.needs_relevance = any(get_explainer(name).needs_relevance for name in self.methods)
 
     @property
     def columns(self) -> list[str]:
@@ -219,7 +220,7 @@ class Evaluation:
         self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[Capture, dict[str, torch.Tensor]]:
         """One capture of ``model`` on ``images`` and every method's maps ``(B, gh, gw)`` from it."""
-        cap = capture(model, images, targets, gradients=self.needs_gradients)
+        cap = capture(model, images, targets, gradients=self.needs_gradients, relevance=self.needs_relevance)
         return cap, {name: compute(cap, name, **params) for name, params in self.methods.items()}
 
     def maps(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict:

@@ -108,6 +108,7 @@ class Explainer:
     needs_gradients: bool
     params: tuple[Param, ...]
     reference: str
+    needs_relevance: bool = False
 
     @property
     def description(self) -> str:
@@ -133,6 +134,11 @@ class Explainer:
             raise ValueError(
                 f"{self.name} needs gradients but this capture has none: capture with gradients=True"
             )
+        if self.needs_relevance and capture.relevance is None:
+            raise ValueError(
+                f"{self.name} needs LRP relevance but this capture has none: capture with relevance=True "
+                "(class-token ViTs only)"
+            )
         relevance = self.fn(capture, **values)
         return capture.layout.to_grid(relevance.float())
 
@@ -147,6 +153,7 @@ def register(
     needs_gradients: bool,
     params: tuple[Param, ...] = (),
     reference: str = "",
+    needs_relevance: bool = False,
 ) -> Callable[[ExplainerFn], ExplainerFn]:
     """Class-free registration: ``@register("rollout", label=..., needs_gradients=False, params=(...))``.
 
@@ -157,13 +164,16 @@ def register(
     ``needs_gradients=True``: the method reads ``capture.gradients`` (taken for ``capture.targets``).
     ``needs_gradients=False``: it reads only ``capture.attentions`` and ``capture.layout``, so
     :func:`explainers.explain` stops the forward pass at the last attention map and gives it a capture
-    without logits.
+    without logits. ``needs_relevance=True``: it reads ``capture.relevance`` (LRP, see
+    :mod:`explainers.relevance`), which the capture computes only when asked (``relevance=True``).
     """
 
     def decorate(fn: ExplainerFn) -> ExplainerFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"an explainer named {name!r} is already registered")
-        _REGISTRY[name] = Explainer(name, label, fn, needs_gradients, tuple(params), reference)
+        _REGISTRY[name] = Explainer(
+            name, label, fn, needs_gradients, tuple(params), reference, needs_relevance
+        )
         return fn
 
     return decorate

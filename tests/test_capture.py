@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import explainers
+from explainers.relevance import supports as supports_relevance
 from tests.conftest import make_vit
 
 
@@ -94,6 +95,10 @@ def test_token_layout_from_the_model(name, kwargs, size, prefix, grid):
     assert (cap.layout.num_prefix, cap.layout.grid) == (prefix, grid)
     assert cap.attentions[0].shape[-1] == prefix + grid[0] * grid[1]
     for method in explainers.list_explainers():
+        if explainers.get_explainer(method).needs_relevance and not supports_relevance(model):
+            with pytest.raises(ValueError, match="supports the class-token readout only"):  # distilled
+                explainers.explain(model, images, method)
+            continue
         maps = explainers.explain(model, images, method)
         assert maps.shape == (2, *grid)
         assert torch.isfinite(maps).all() and (maps >= 0).all()
@@ -166,9 +171,10 @@ def test_capture_stores_only_attention_gradients_logits_and_scores(deit_tiny, im
 
 
 def test_float16_storage_halves_memory_and_keeps_the_maps(deit_tiny, images):
-    full = explainers.capture(deit_tiny, images)
-    half = explainers.capture(deit_tiny, images, dtype=torch.float16)
-    assert half.attentions[0].dtype == half.gradients[0].dtype == torch.float16
+    full = explainers.capture(deit_tiny, images, relevance=True)
+    half = explainers.capture(deit_tiny, images, dtype=torch.float16, relevance=True)
+    stored = (half.attentions[0], half.gradients[0], half.relevance.attention[0])
+    assert all(t.dtype == torch.float16 for t in stored)
     assert half.nbytes < 0.51 * full.nbytes
     for method in explainers.list_explainers():
         a, b = explainers.compute(full, method), explainers.compute(half, method)

@@ -6,6 +6,7 @@ import torch
 
 import explainers
 from explainers import Capture, TokenLayout
+from explainers.relevance import Relevance
 from tests import reference
 
 
@@ -114,6 +115,7 @@ def test_uniform_attention_gives_a_uniform_map():
         torch.zeros(2, 3),
         torch.zeros(2, dtype=torch.long),
         TokenLayout(1, grid),
+        Relevance((uniform,) * 5, torch.ones(2, n), torch.zeros(2)),  # uniform LRP relevance too
     )
     for method in explainers.list_explainers():
         maps = explainers.compute(cap, method)
