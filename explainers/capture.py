@@ -51,10 +51,10 @@ class Capture:
     logits: torch.Tensor | None
     targets: torch.Tensor | None
     layout: TokenLayout
+    relevance: Relevance | None = None
     pool_attention: torch.Tensor | None = None
     pool_gradient: torch.Tensor | None = None
     scores: torch.Tensor | None = None
-    relevance: Relevance | None = None
 
     @property
     def num_layers(self) -> int:
@@ -228,6 +228,11 @@ def capture(
             raise ValueError(f"{what} the logits: capture with logits=True (the default)")
     if relevance:
         check_supported(model)
+        if layout.class_attention_from is not None:
+            raise ValueError(
+                "relevance propagation (lrp, partial_lrp, transformer_attribution) does not cover CaiT's "
+                "class-attention blocks: use rollout, grad_rollout, gae or raw_attention"
+            )
     similarity = target if isinstance(target, SimilarityTarget) else None
     num_classes = int(getattr(model, "num_classes", 0))
     if num_classes <= 0 and similarity is None and (logits or target is not None):
