@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .capture import Capture
 
 FUSIONS = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}
 #: Rows shorter than this are partitioned whole; longer ones select from a sample's bracket first.
@@ -76,19 +78,21 @@ def _kth_row(row: np.ndarray, k: int) -> tuple[float, int]:
     return float(ordered[k - 1]), int(np.count_nonzero(ordered[k:] == ordered[k - 1]))
 
 
-def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> torch.Tensor:
-    """Zero, per image and in place, the ``⌊ratio · (N-1)²⌋`` smallest entries of ``fused`` ``(B, N, N)``.
+def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int | None = 0) -> torch.Tensor:
+    """Zero, per image and in place, the ``⌊ratio · M²⌋`` smallest entries of ``fused`` ``(B, N, N)``.
 
-    Candidates are the entries whose row and column are both other than ``keep_index`` (the CLS token):
-    the CLS token's own row and column are never dropped. The selection is exact: ties at the threshold
-    are dropped in row-major order until exactly that many entries are zero. (vit-explain ranked the
-    whole flattened matrix, spared only entry (0, 0), and applied it to the first image of a batch only.)
-    Returns ``fused``; callers pass a fresh fused matrix, so no copy of it is made. On the CPU each image
-    is one NumPy selection and one in-place pass (``F.threshold_``): a handful of calls, as an image at a
-    time is what the dashboard recomputes.
+    Candidates are the entries whose row and column are both other than ``keep_index`` (the class token
+    when the output reads it; ``M = N - 1``): its own row and column are never dropped. With
+    ``keep_index=None`` (mean or attention-pool readouts, whose readout row is applied outside these
+    blocks and never discarded) every entry is a candidate and ``M = N``. The selection is exact: ties at
+    the threshold are dropped in row-major order until exactly that many entries are zero.
+    (vit-explain ranked the whole flattened matrix, spared only entry (0, 0), and applied it to the
+    first image of a batch only.) Returns ``fused``; callers pass a fresh fused matrix, so no copy of it
+    is made. On the CPU each image is one NumPy selection and one in-place pass (``F.threshold_``): a
+    handful of calls, as an image at a time is what the dashboard recomputes.
     """
     n = fused.shape[-1]
-    count = int(ratio * (n - 1) ** 2)
+    count = int(ratio * (n if keep_index is None else n - 1) ** 2)
     if count == 0:
         return fused
     if fused.device.type == "cpu":
@@ -101,12 +105,13 @@ def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> t
     return _discard_batched_(fused, count, keep_index)
 
 
-def _discard_batched_(fused: torch.Tensor, count: int, keep_index: int) -> torch.Tensor:
+def _discard_batched_(fused: torch.Tensor, count: int, keep_index: int | None) -> torch.Tensor:
     """:func:`discard_lowest_` as whole-batch tensor operations (the GPU's way), in place."""
     batch = fused.shape[0]
-    cls_row, cls_column = fused[:, keep_index, :].clone(), fused[:, :, keep_index].clone()
-    fused[:, keep_index, :] = torch.inf  # out of reach of the ranking
-    fused[:, :, keep_index] = torch.inf
+    if keep_index is not None:
+        cls_row, cls_column = fused[:, keep_index, :].clone(), fused[:, :, keep_index].clone()
+        fused[:, keep_index, :] = torch.inf  # out of reach of the ranking
+        fused[:, :, keep_index] = torch.inf
     ranked = fused.view(batch, -1)
     threshold, surplus = kth_smallest(ranked, count)
     tied_rows = (surplus > 0) & (threshold[:, 0] != 0)  # tied zeros are zero whether dropped or not
@@ -117,42 +122,71 @@ def _discard_batched_(fused: torch.Tensor, count: int, keep_index: int) -> torch
     ranked.mul_(ranked > threshold)
     if spared is not None:
         ranked[tied_rows] = torch.where(spared, threshold[tied_rows], ranked[tied_rows])
-    fused[:, keep_index, :] = cls_row
-    fused[:, :, keep_index] = cls_column
+    if keep_index is not None:
+        fused[:, keep_index, :] = cls_row
+        fused[:, :, keep_index] = cls_column
     return fused
 
 
-def _discard_image_(matrix: torch.Tensor, count: int, keep_index: int) -> None:
+def _discard_image_(matrix: torch.Tensor, count: int, keep_index: int | None) -> None:
     """:func:`discard_lowest_` of one CPU matrix ``(N, N)``, in place."""
     array = matrix.numpy()
-    cls_row, cls_column = array[keep_index].copy(), array[:, keep_index].copy()
-    array[keep_index] = np.inf  # out of reach of the ranking
-    array[:, keep_index] = np.inf
+    if keep_index is not None:
+        cls_row, cls_column = array[keep_index].copy(), array[:, keep_index].copy()
+        array[keep_index] = np.inf  # out of reach of the ranking
+        array[:, keep_index] = np.inf
     flat = array.reshape(-1)
     threshold, surplus = _kth_row(flat, count)
     spared = np.flatnonzero(flat == threshold)[-surplus:] if surplus > 0 and threshold != 0 else None
     F.threshold_(matrix.view(-1), threshold, 0.0)  # x ≤ threshold → 0, one pass
     if spared is not None:  # of the entries tied at the threshold, the last `surplus` stay
         flat[spared] = threshold
-    array[keep_index] = cls_row
-    array[:, keep_index] = cls_column
+    if keep_index is not None:
+        array[keep_index] = cls_row
+        array[:, keep_index] = cls_column
 
 
-def cls_row_product(
-    matrices: Iterable[torch.Tensor], cls_index: int, num_tokens: int, *, normalise: bool
+def readout_row(
+    capture: Capture,
+    fuse: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    *,
+    normalise: bool,
 ) -> torch.Tensor:
-    """CLS row of ``M_L ⋯ M_1`` with ``M_l = Ā_l + I`` (row-normalised when ``normalise``).
+    """ρ ``(B, N)``: the row of token weights the model's output reads, where attention products start.
 
-    ``matrices`` yields the fused ``Ā_l`` ``(B, N, N)`` from the **last** block to the first. Only the
-    CLS row is needed, so it is computed as a row vector times L matrices (``O(L·N²)`` per image) rather
+    - class token: ρ = e_cls;
+    - mean of the pooled tokens S: ρ = 1_S / |S|;
+    - attention pool (SigLIP's latent query q over the last block's tokens): one more attention step,
+      weighted like every block by the method's ``fuse(A, ∂y/∂A)`` (e.g. the head mean for rollout):
+      ρ = fuse(A_pool, ∂y/∂A_pool)[q], divided by its sum when ``normalise`` (rollout). No identity is
+      added: the latent is not one of the tokens and no residual runs from a token to it.
+    """
+    layout = capture.layout
+    if layout.readout != "attention_pool":
+        return layout.readout_vector(capture.batch_size, capture.device)
+    if capture.pool_attention is None:
+        raise ValueError("this capture has no attention-pool map although the layout reads one")
+    row = fuse(capture.pool_attention, capture.pool_gradient)[:, 0].float()
+    if normalise:
+        row = row / row.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(row.dtype).tiny)
+    return row
+
+
+def readout_product(
+    matrices: Iterable[torch.Tensor], readout: torch.Tensor, *, normalise: bool
+) -> torch.Tensor:
+    """ρ · M_L ⋯ M_1 with ``M_l = Ā_l + I`` (row-normalised when ``normalise``), ``(B, N)``.
+
+    ``readout`` is ρ ``(B, N)`` (see :func:`readout_row`; e_cls gives the CLS row of the product) and
+    ``matrices`` yields the fused ``Ā_l`` ``(B, N, N)`` from the **last** block to the first. Only this
+    row is needed, so it is computed as a row vector times L matrices (``O(L·N²)`` per image) rather
     than L full matrix products (``O(L·N³)``): ``v ← v · M_l``. With ``D = diag(rowsum(Ā_l) + 1)``,
     ``v · D⁻¹(Ā_l + I) = (v ⊘ d) Ā_l + v ⊘ d``, so ``Ā_l + I`` is never built.
     """
     v: torch.Tensor | None = None
     for fused in matrices:
         if v is None:
-            v = torch.zeros(fused.shape[0], 1, num_tokens, device=fused.device, dtype=fused.dtype)
-            v[:, 0, cls_index] = 1.0
+            v = readout.to(device=fused.device, dtype=fused.dtype).unsqueeze(1)
         if normalise:
             v = v / (fused.sum(dim=-1) + 1.0).unsqueeze(1)
         v = torch.bmm(v, fused) + v

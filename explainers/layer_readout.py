@@ -43,7 +43,10 @@ def forward_with_block_tokens(
     model: nn.Module, images: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The logits ``(B, C)`` and every block's output tokens ``(B, N, D)``, prefix tokens first."""
-    final, per_block = model.forward_intermediates(images, return_prefix_tokens=True, output_fmt="NLC")
+    with_prefix = model.num_prefix_tokens > 0  # without prefix tokens timm returns the patch tokens alone
+    final, per_block = model.forward_intermediates(images, return_prefix_tokens=with_prefix, output_fmt="NLC")
+    if not with_prefix:
+        return model.forward_head(final), list(per_block)
     tokens = [torch.cat([prefix, patches], dim=1) for patches, prefix in per_block]
     return model.forward_head(final), tokens
 

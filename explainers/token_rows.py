@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention_ops import cls_row_product
+from .attention_ops import readout_product
 from .capture import Capture
 from .layout import TokenLayout
 from .methods.rollout import fused_layers
@@ -58,4 +58,6 @@ def rollout_row(
     _check_token(capture, token)
     layout = capture.layout
     fused = fused_layers(capture, head_fusion, discard_ratio, start_layer)
-    return layout.to_grid(cls_row_product(fused, token, layout.num_tokens, normalise=True))
+    row = torch.zeros(capture.batch_size, layout.num_tokens, device=capture.device)
+    row[:, token] = 1.0
+    return layout.to_grid(readout_product(fused, row, normalise=True))

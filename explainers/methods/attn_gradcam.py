@@ -22,6 +22,11 @@ def attn_gradcam(capture: Capture) -> torch.Tensor:
     not rescaled). Class-token readout only.
     """
     layout = capture.layout
+    if layout.readout != "cls":
+        raise ValueError(
+            f"attn_gradcam reads the class token's attention row, but this model's output reads its "
+            f"{layout.readout} readout: use rollout, grad_rollout, gae or raw_attention"
+        )
     cls = layout.cls_index
     attention = capture.attentions[-1][:, :, cls].float()  # (B, H, N)
     weights = capture.gradients[-1][:, :, cls, layout.num_prefix :].float().mean(-1, keepdim=True)

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import torch
 
-from ..attention_ops import cls_row_product
+from ..attention_ops import readout_product
 from ..capture import Capture
 from ..params import START_LAYER
 from ..registry import register
@@ -34,4 +34,5 @@ def transformer_attribution(capture: Capture, *, start_layer: int) -> torch.Tens
         (capture.gradients[layer].float() * relevance[layer].float()).clamp_(min=0).mean(dim=1)
         for layer in reversed(range(start_layer, capture.num_layers))
     )
-    return cls_row_product(fused, layout.cls_index, layout.num_tokens, normalise=False)
+    rho = layout.readout_vector(capture.batch_size, capture.device)  # e_cls: relevance needs a class token
+    return readout_product(fused, rho, normalise=False)
