@@ -11,7 +11,7 @@ from .capture import Capture, capture
 from .compute import compute, explain
 from .layout import READOUTS, ModelDescription, TokenLayout, describe_model
 from .models import LoadedModel, available_devices, load_model
-from .registry import Explainer, Param, get_explainer, list_explainers, register
+from .registry import Explainer, Param, capture_options, get_explainer, list_explainers, register
 from .targets import SimilarityTarget
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "TokenLayout",
     "available_devices",
     "capture",
+    "capture_options",
     "compute",
     "describe_model",
     "explain",

@@ -100,10 +100,16 @@ def dashboard(folder: Path, *options: str, port: int | None = None, **env: str) 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The dashboard served on 127.0.0.1 for this module; its base URL."""
-    with dashboard(tmp_path_factory.mktemp("server")) as url:
+def server(tmp_path_factory: pytest.TempPathFactory, weight_dir: Path) -> Iterator[str]:
+    """The dashboard served on 127.0.0.1 for this module (weight files allowed from ``weight_dir``)."""
+    with dashboard(tmp_path_factory.mktemp("server"), VIT_EXPLAIN_WEIGHT_DIRS=str(weight_dir)) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def weight_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder the operator allows visitors to pick weight files from (``VIT_EXPLAIN_WEIGHT_DIRS``)."""
+    return tmp_path_factory.mktemp("weights")
 
 
 @contextlib.contextmanager
@@ -250,7 +256,7 @@ def test_clicking_a_patch_shows_where_it_looks(open_page, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def retrained(tmp_path_factory) -> str:
+def retrained(weight_dir: Path) -> str:
     """The embedded model with 5 % noise on its weights: the same classes, other maps."""
     import torch
     from safetensors.torch import load_file, save_file
@@ -260,7 +266,7 @@ def retrained(tmp_path_factory) -> str:
     generator = torch.Generator().manual_seed(0)
     state = {k: v + 0.05 * v.std().nan_to_num() * torch.randn(v.shape, generator=generator)
              for k, v in load_file(str(EMBEDDED_DIR / "model.safetensors")).items()}
-    path = tmp_path_factory.mktemp("weights") / "embedded-noisy.safetensors"
+    path = weight_dir / "embedded-noisy.safetensors"
     save_file(state, str(path))
     return str(path)
 

@@ -1,11 +1,14 @@
 """Costs next to every method; a method slower than about a second runs when asked, with progress."""
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
 from explainers import get_explainer, list_explainers
+from explainers.access import WEIGHT_DIRS_ENV
 from tests.dashboard_apptest import images, open_app, problems
 
 
@@ -32,7 +35,8 @@ def deit_weights(tmp_path_factory) -> str:
     return str(path)
 
 
-def test_a_slow_method_waits_for_its_button_then_stays(deit_weights):
+def test_a_slow_method_waits_for_its_button_then_stays(deit_weights, monkeypatch):
+    monkeypatch.setenv(WEIGHT_DIRS_ENV, str(Path(deit_weights).parent))  # the operator allows its folder
     query = {"model": "deit_tiny_patch16_224", "weights": deit_weights, "methods": "rollout,attention_flow"}
     app = open_app(**query)
     assert not problems(app)
