@@ -28,21 +28,57 @@ from torch import nn
 
 from ..models import HF_PREFIX, ModelLoadError, _hub_offline, _hub_reachable
 
-#: model_type → the readout of its image classifier, in timm's ``global_pool`` words: "token" reads the
-#: class token's last hidden state, "avg" the mean of the patch tokens' (prefix tokens excluded), and
-#: "token+avg" (DINOv2's linear head) the concatenation of both.
-_READOUT: dict[str, Callable[[Any], str]] = {
-    "vit": lambda config: "token",
-    "deit": lambda config: "token",
-    "vit_msn": lambda config: "token",
-    "beit": lambda config: "avg" if config.use_mean_pooling else "token",
-    "data2vec-vision": lambda config: "avg" if config.use_mean_pooling else "token",
-    "dinov2": lambda config: "token+avg",
-    "dinov2_with_registers": lambda config: "token+avg",
-    "ijepa": lambda config: "avg",
+
+def _class_token(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+def _pooler(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """BEiT / Data2Vec-Vision: ``LayerNorm(mean of the patch tokens)``, or the class token."""
+    return model.base_model.pooler(hidden)
+
+
+def _class_and_mean(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """DINOv2's linear head input: ``[class token; mean of the patch tokens]`` (registers left out)."""
+    prefix = 1 + int(getattr(model.config, "num_register_tokens", 0))
+    return torch.cat([hidden[:, 0], hidden[:, prefix:].mean(1)], dim=-1)
+
+
+def _mean(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """I-JEPA: the mean of all tokens (it has no prefix token)."""
+    return hidden.mean(1)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How a model type's classifier reads the last hidden states.
+
+    pool: ``(model, last hidden states (B, N, D)) → pooled embedding``, transformers' own pooling.
+    global_pool: that readout in timm's words for the token layout: "token" (the class token) or "avg"
+        (the mean of the patch tokens). DINOv2's head reads both; its attention products start from the
+        class token, as DINO's attention maps do, and the gradient methods' ``∂y/∂A`` carry the mean too.
+    any_size: the position embeddings are interpolated on every call, so any input size works.
+    """
+
+    pool: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    global_pool: Callable[[Any], str]
+    any_size: bool = False
+
+
+def _pooling(config: Any) -> str:
+    return "avg" if config.use_mean_pooling else "token"
+
+
+_FAMILIES: dict[str, _Family] = {
+    "vit": _Family(_class_token, lambda config: "token"),
+    "deit": _Family(_class_token, lambda config: "token"),
+    "vit_msn": _Family(_class_token, lambda config: "token"),
+    "beit": _Family(_pooler, _pooling),
+    "data2vec-vision": _Family(_pooler, _pooling),
+    "dinov2": _Family(_class_and_mean, lambda config: "token", any_size=True),
+    "dinov2_with_registers": _Family(_class_and_mean, lambda config: "token", any_size=True),
+    "ijepa": _Family(_mean, lambda config: "avg"),
 }
-#: Families whose position embeddings are interpolated to the input size on every call (any size works).
-_ANY_SIZE = frozenset({"dinov2", "dinov2_with_registers"})
 #: The prefix-token parameters of the embeddings, in token order after the class token.
 _PREFIX_PARAMS = ("cls_token", "distillation_token", "register_tokens")
 _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -86,34 +122,37 @@ class HFVisionTransformer(nn.Module):
     """A transformers image classifier under the names the capture reads from a timm ViT; no copy.
 
     ``forward(images)`` returns the model's logits ``(B, C)`` (the pooled embedding for a headless model,
-    ``num_labels=0``). ``blocks`` is a tuple of views of the model's own encoder layers (not registered a
-    second time, so ``state_dict`` and ``parameters`` are the model's). Token order: class token,
+    ``num_labels=0``). ``blocks`` holds views of the model's own encoder layers (not registered a second
+    time, so ``state_dict`` and ``parameters`` are the model's: ``hf.*``). Token order: class token,
     distillation token (DeiT), register tokens (DINOv2 with registers), then the patches row by row.
 
     Args:
-        model: a ``*ForImageClassification`` model of a family this module knows (see :data:`_READOUT`).
+        model: a ``*ForImageClassification`` model of a family this module knows (see ``_FAMILIES``).
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         config = model.config
-        if config.model_type not in _READOUT:
+        if config.model_type not in _FAMILIES:
             raise ModelLoadError(_unsupported(config.model_type))
+        family = _FAMILIES[config.model_type]
         self.hf = model
+        self._pool = family.pool
         embeddings = model.base_model.embeddings
         heads = int(config.num_attention_heads)
-        self.blocks = tuple(_Block(layer, heads) for layer in _layers(model.base_model))
+        blocks = nn.ModuleList(_Block(layer, heads) for layer in _layers(model.base_model))
+        object.__setattr__(self, "blocks", blocks)  # views of the model's layers: not registered twice
         patches = embeddings.patch_embeddings
         self.patch_embed = PatchGrid(
             img_size=_pair(patches.image_size),
             patch_size=_pair(patches.patch_size),
-            strict_img_size=config.model_type not in _ANY_SIZE,
+            strict_img_size=not family.any_size,
             proj=patches.projection,
         )
         prefix = (getattr(embeddings, name, None) for name in _PREFIX_PARAMS)
         self.num_prefix_tokens = sum(tokens.shape[1] for tokens in prefix if tokens is not None)
         self.num_classes = int(config.num_labels)
-        self.global_pool = _READOUT[config.model_type](config)
+        self.global_pool = family.global_pool(config)
         self.dynamic_img_size = not self.patch_embed.strict_img_size
 
     @property
@@ -128,7 +167,26 @@ class HFVisionTransformer(nn.Module):
         return tuple(str(labels.get(i, labels.get(str(i), f"class {i}"))) for i in range(self.num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's own forward pass: its logits ``(B, C)``, or its pooled embedding when headless."""
         return self.hf(pixel_values=images).logits
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The last hidden states ``(B, N, D)`` (after the final norm), as the classifier reads them."""
+        return self.hf.base_model(pixel_values=images).last_hidden_state
+
+    def forward_head(self, hidden: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The pooled embedding (``pre_logits=True``) or the logits of ``forward_features``' output.
+
+        DeiT with a distillation head averages its two heads' logits; its embedding is the mean of the class
+        and distillation tokens, as in timm.
+        """
+        model = self.hf
+        if hasattr(model, "distillation_classifier"):
+            if pre_logits:
+                return (hidden[:, 0] + hidden[:, 1]) / 2
+            return (model.cls_classifier(hidden[:, 0]) + model.distillation_classifier(hidden[:, 1])) / 2
+        pooled = self._pool(model, hidden)
+        return pooled if pre_logits else model.classifier(pooled)
 
 
 def _layers(base: nn.Module) -> nn.ModuleList:
@@ -158,7 +216,7 @@ def _unsupported(model_type: str) -> str:
     return (
         f"Hugging Face model type {model_type!r} is not supported: the explainers need every block to be "
         "global self-attention over all tokens and a patch grid they can read. Supported types: "
-        f"{', '.join(sorted(_READOUT))}. Windowed or pooled attention (Swin, PVT, LeViT, ...) and "
+        f"{', '.join(sorted(_FAMILIES))}. Windowed or pooled attention (Swin, PVT, LeViT, ...) and "
         "convolutional models cannot be explained by attention rollout."
     )
 
@@ -201,7 +259,7 @@ def load(source: str) -> tuple[HFVisionTransformer, HFPreprocess, dict[str, Any]
     hub = {"local_files_only": local_only, "trust_remote_code": False}
     with _hf_errors(source):
         config = transformers.AutoConfig.from_pretrained(location, **hub)
-    if config.model_type not in _READOUT:
+    if config.model_type not in _FAMILIES:
         raise ModelLoadError(_unsupported(config.model_type))
     headless = not set(config.architectures or ()) & _image_classification_classes()
     with _hf_errors(source):
@@ -243,10 +301,10 @@ def _image_classification_classes() -> set[str]:
 def _locate(source: str) -> tuple[str, bool]:
     """(what to pass to ``from_pretrained``, whether to stay offline) for a folder or a hub id."""
     path = Path(source).expanduser()
-    if path.is_dir():
+    if source.strip() and path.is_dir():
         return str(path), True
     looks_like_hub_id = source.count("/") <= 1 and not source.startswith((".", "/", "~")) and source.strip()
-    if path.exists() or not looks_like_hub_id:
+    if not looks_like_hub_id or path.exists():
         raise ModelLoadError(
             f"{HF_PREFIX}{source} is neither a folder (made by model.save_pretrained(folder) and "
             "image_processor.save_pretrained(folder)) nor a Hugging Face hub id such as "
