@@ -8,19 +8,23 @@
 
 from .capture import Capture, capture
 from .compute import compute, explain
-from .layout import TokenLayout
+from .layout import ModelDescription, TokenLayout, describe_model
 from .models import LoadedModel, available_devices, load_model
 from .registry import Explainer, Param, get_explainer, list_explainers, register
+from .targets import SimilarityTarget
 
 __all__ = [
     "Capture",
     "Explainer",
     "LoadedModel",
+    "ModelDescription",
     "Param",
+    "SimilarityTarget",
     "TokenLayout",
     "available_devices",
     "capture",
     "compute",
+    "describe_model",
     "explain",
     "get_explainer",
     "list_explainers",

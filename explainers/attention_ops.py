@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .capture import Capture
 
 FUSIONS = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}
 
@@ -65,23 +67,36 @@ def _zero_at_or_below(rows: torch.Tensor, threshold: torch.Tensor) -> None:
         rows.mul_(rows > threshold)
 
 
-def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> torch.Tensor:
-    """Zero, per image and in place, the ``⌊ratio · (N-1)²⌋`` smallest entries of ``fused`` ``(B, N, N)``.
+def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int | None = 0) -> torch.Tensor:
+    """Zero, per image and in place, the ``⌊ratio · M²⌋`` smallest entries of ``fused`` ``(B, N, N)``.
 
-    Candidates are the entries whose row and column are both other than ``keep_index`` (the CLS token):
-    the CLS token's own row and column are never dropped. The selection is exact: ties at the threshold
-    are dropped in row-major order until exactly that many entries are zero. (vit-explain ranked the
-    whole flattened matrix, spared only entry (0, 0), and applied it to the first image of a batch only.)
-    Returns ``fused``; callers pass a fresh fused matrix, so no copy of it is made.
+    Candidates are the entries whose row and column are both other than ``keep_index`` (the class token
+    when the output reads it; ``M = N - 1``): its own row and column are never dropped. With
+    ``keep_index=None`` (mean or attention-pool readouts, whose readout row is applied outside these
+    blocks and never discarded) every entry is a candidate and ``M = N``. The selection is exact: ties at
+    the threshold are dropped in row-major order until exactly that many entries are zero.
+    (vit-explain ranked the whole flattened matrix, spared only entry (0, 0), and applied it to the
+    first image of a batch only.) Returns ``fused``; callers pass a fresh fused matrix, so no copy of it
+    is made.
     """
     batch, n, _ = fused.shape
-    count = int(ratio * (n - 1) ** 2)
+    count = int(ratio * (n if keep_index is None else n - 1) ** 2)
     if count == 0:
+        return fused
+    if keep_index is None:
+        _discard_rows_(fused.view(batch, -1), count)
         return fused
     cls_row, cls_column = fused[:, keep_index, :].clone(), fused[:, :, keep_index].clone()
     fused[:, keep_index, :] = torch.inf  # out of reach of the ranking
     fused[:, :, keep_index] = torch.inf
-    ranked = fused.view(batch, -1)
+    _discard_rows_(fused.view(batch, -1), count)
+    fused[:, keep_index, :] = cls_row
+    fused[:, :, keep_index] = cls_column
+    return fused
+
+
+def _discard_rows_(ranked: torch.Tensor, count: int) -> None:
+    """Zero the ``count`` smallest entries of each row of ``ranked`` ``(B, M)`` in place (ties: last stay)."""
     threshold, surplus = kth_smallest(ranked, count)
     tied_rows = _rows((surplus > 0) & (threshold[:, 0] != 0))  # tied zeros are zero whether dropped or not
     spared = None
@@ -91,26 +106,49 @@ def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int = 0) -> t
     _zero_at_or_below(ranked, threshold)
     if spared is not None:
         ranked[tied_rows] = torch.where(spared, threshold[tied_rows], ranked[tied_rows])
-    fused[:, keep_index, :] = cls_row
-    fused[:, :, keep_index] = cls_column
-    return fused
 
 
-def cls_row_product(
-    matrices: Iterable[torch.Tensor], cls_index: int, num_tokens: int, *, normalise: bool
+def readout_row(
+    capture: Capture,
+    fuse: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    *,
+    normalise: bool,
 ) -> torch.Tensor:
-    """CLS row of ``M_L ⋯ M_1`` with ``M_l = Ā_l + I`` (row-normalised when ``normalise``).
+    """ρ ``(B, N)``: the row of token weights the model's output reads, where attention products start.
 
-    ``matrices`` yields the fused ``Ā_l`` ``(B, N, N)`` from the **last** block to the first. Only the
-    CLS row is needed, so it is computed as a row vector times L matrices (``O(L·N²)`` per image) rather
+    - class token: ρ = e_cls;
+    - mean of the pooled tokens S: ρ = 1_S / |S|;
+    - attention pool (SigLIP's latent query q over the last block's tokens): one more attention step,
+      weighted like every block by the method's ``fuse(A, ∂y/∂A)`` (e.g. the head mean for rollout):
+      ρ = fuse(A_pool, ∂y/∂A_pool)[q], divided by its sum when ``normalise`` (rollout). No identity is
+      added: the latent is not one of the tokens and no residual runs from a token to it.
+    """
+    layout = capture.layout
+    if layout.readout != "attention_pool":
+        return layout.readout_vector(capture.batch_size, capture.device)
+    if capture.pool_attention is None:
+        raise ValueError("this capture has no attention-pool map although the layout reads one")
+    row = fuse(capture.pool_attention, capture.pool_gradient)[:, 0].float()
+    if normalise:
+        row = row / row.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(row.dtype).tiny)
+    return row
+
+
+def readout_product(
+    matrices: Iterable[torch.Tensor], readout: torch.Tensor, *, normalise: bool
+) -> torch.Tensor:
+    """ρ · M_L ⋯ M_1 with ``M_l = Ā_l + I`` (row-normalised when ``normalise``), ``(B, N)``.
+
+    ``readout`` is ρ ``(B, N)`` (see :func:`readout_row`; e_cls gives the CLS row of the product) and
+    ``matrices`` yields the fused ``Ā_l`` ``(B, N, N)`` from the **last** block to the first. Only this
+    row is needed, so it is computed as a row vector times L matrices (``O(L·N²)`` per image) rather
     than L full matrix products (``O(L·N³)``): ``v ← v · M_l``. With ``D = diag(rowsum(Ā_l) + 1)``,
     ``v · D⁻¹(Ā_l + I) = (v ⊘ d) Ā_l + v ⊘ d``, so ``Ā_l + I`` is never built.
     """
     v: torch.Tensor | None = None
     for fused in matrices:
         if v is None:
-            v = torch.zeros(fused.shape[0], 1, num_tokens, device=fused.device, dtype=fused.dtype)
-            v[:, 0, cls_index] = 1.0
+            v = readout.to(device=fused.device, dtype=fused.dtype).unsqueeze(1)
         if normalise:
             v = v / (fused.sum(dim=-1) + 1.0).unsqueeze(1)
         v = torch.bmm(v, fused) + v

@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from .layout import TokenLayout
+from .layout import ModelDescription, TokenLayout, describe_model
 from .recorder import AttentionRecorder, ForwardStopped
+from .targets import SimilarityTarget, pooled_embedding
 
-Target = int | Sequence[int] | torch.Tensor | None
+Target = int | Sequence[int] | torch.Tensor | SimilarityTarget | None
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,14 @@ class Capture:
             capture was made without gradients.
         logits: the model's output ``(B, C)``; ``None`` when captured with ``logits=False``.
         targets: the class ``t`` explained for each image ``(B,)``; ``None`` when there are no logits and
-            no target was given.
-        layout: prefix tokens and patch grid.
+            no target was given, and for a :class:`~explainers.SimilarityTarget`.
+        layout: prefix tokens, patch grid and readout.
+        pool_attention: the attention pool's ``(B, H_pool, 1, N)`` attention of its latent query over the
+            tokens after the last block (zero on tokens it does not pool); ``None`` unless
+            ``layout.readout == "attention_pool"``.
+        pool_gradient: ``∂y/∂pool_attention``, paired with it; ``None`` without gradients or pool.
+        scores: the explained score of each image ``(B,)``: the target logit ``y_t``, or the cosine
+            similarity for a :class:`~explainers.SimilarityTarget`; ``None`` without logits.
     """
 
     attentions: tuple[torch.Tensor, ...]
@@ -40,6 +47,9 @@ class Capture:
     logits: torch.Tensor | None
     targets: torch.Tensor | None
     layout: TokenLayout
+    pool_attention: torch.Tensor | None = None
+    pool_gradient: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
 
     @property
     def num_layers(self) -> int:
@@ -65,10 +75,12 @@ class Capture:
     @property
     def nbytes(self) -> int:
         tensors = [*self.attentions, *(self.gradients or ()), self.logits, self.targets]
+        tensors += [self.pool_attention, self.pool_gradient, self.scores]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def upto(self, stop: int) -> Capture:
-        """The same capture seen through blocks ``0 .. stop-1`` only (for layer-by-layer views)."""
+        """The same capture seen through blocks ``0 .. stop-1`` only (for layer-by-layer views); the readout
+        (class token, mean, or the attention pool's row) stays the model's."""
         if not 1 <= stop <= self.num_layers:
             raise ValueError(f"stop must be in 1..{self.num_layers}, got {stop}")
         grads = None if self.gradients is None else self.gradients[:stop]
@@ -93,35 +105,34 @@ class Capture:
             gradients=pick_all(self.gradients),
             logits=pick(self.logits),
             targets=pick(self.targets),
+            pool_attention=pick(self.pool_attention),
+            pool_gradient=pick(self.pool_gradient),
+            scores=pick(self.scores),
         )
 
 
 def attention_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
-    """The transformer blocks of a timm ViT, or a ``ValueError`` saying why ``model`` is not one."""
-    blocks = getattr(model, "blocks", None)
-    if (
-        not isinstance(model, nn.Module)
-        or blocks is None
-        or len(blocks) == 0
-        or not hasattr(model, "patch_embed")
-        or not all(hasattr(getattr(b, "attn", None), "num_heads") for b in blocks)
-    ):
-        name = type(model).__name__
-        raise ValueError(
-            f"model {name} is not a Vision Transformer with attention blocks: expected a timm ViT "
-            "(model.patch_embed and model.blocks[i].attn), e.g. timm.create_model('deit_tiny_patch16_224')."
-        )
-    return blocks
+    """The self-attention blocks of a timm ViT (CaiT: its patch blocks), or a ``ValueError`` saying why
+    ``model`` cannot be explained (see :func:`~explainers.describe_model`)."""
+    describe_model(model)
+    return model.blocks
 
 
 def model_dims(model: nn.Module) -> dict[str, int]:
-    """``num_layers`` and ``num_heads`` of a ViT, read from its blocks."""
-    blocks = attention_blocks(model)
-    return {"num_layers": len(blocks), "num_heads": int(blocks[0].attn.num_heads)}
+    """``num_layers`` (attention steps: blocks, plus CaiT's class-attention blocks) and ``num_heads``."""
+    description = describe_model(model)
+    return {"num_layers": description.num_layers, "num_heads": description.num_heads}
+
+
+def _in_channels(model: nn.Module) -> int:
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if isinstance(proj, nn.Conv2d):
+        return proj.in_channels
+    return int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
 
 
 def _check_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    in_chans = model.patch_embed.proj.in_channels if hasattr(model.patch_embed, "proj") else 3
+    in_chans = _in_channels(model)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != in_chans:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(
@@ -162,67 +173,135 @@ def capture(
     """Run ``model`` once on ``images`` and keep what the explainers need.
 
     Args:
-        model: a timm Vision Transformer with a class token (any fused-attention setting, any mode).
+        model: a timm Vision Transformer (any fused-attention setting, any mode) that
+            :func:`~explainers.describe_model` accepts: class-token, average-pool and attention-pool
+            readouts, CaiT's late class token, NaFlexViT, headless backbones.
         images: normalised ``(B, 3, H, W)`` tensor (moved to the model's device if needed).
         target: class to explain: one int for all images, one per image, or ``None`` for each image's
-            predicted class.
+            predicted class; or a :class:`~explainers.SimilarityTarget` (the cosine similarity of each
+            image's pooled embedding to a reference: the target of headless backbones).
         gradients: also compute ``∂y_t/∂A_l`` (needed by gradient methods such as ``grad_rollout``, ``gae``).
-            The backward pass goes from the target logits to the attention maps only; no parameter
+            The backward pass goes from the target scores to the attention maps only; no parameter
             gradient is computed and ``.grad`` fields are left untouched.
         logits: run the model to its output and keep the logits. ``logits=False`` (without gradients)
-            stops the forward pass right after the last block's attention map, which is all that
-            attention-only methods (``rollout``, ``raw_attention``) read: it saves the rest of the network
-            (the last MLP and the head, about 6% of a ViT-Ti/16 forward's FLOPs) and works on headless
-            backbones. The capture's ``logits`` is then ``None``, and so is ``targets`` unless ``target``
-            is given.
+            stops the forward pass right after the last attention map (the last block's, the last
+            class-attention block's or the attention pool's), which is all that attention-only methods
+            (``rollout``, ``raw_attention``) read: it saves the rest of the network (the last MLP and the
+            head, about 6% of a ViT-Ti/16 forward's FLOPs) and works on headless backbones. The
+            capture's ``logits`` is then ``None``, and so is ``targets`` unless ``target`` is given.
         dtype: store attention and gradients in this dtype (e.g. ``torch.float16`` to halve the memory of
             large models); explainers compute in float32 whatever the storage.
 
     The model is not modified in any way (see :mod:`explainers.recorder`), so this is safe to call from
-    many threads on one shared model.
+    many threads on one shared model. CaiT's maps are laid out on all ``N = 1 + P`` tokens (see
+    :class:`~explainers.TokenLayout`), so every explainer reads every model as ``(B, H, N, N)`` maps.
     """
-    blocks = attention_blocks(model)
     images = _check_images(model, images)
-    layout = TokenLayout.from_model(model, tuple(images.shape[-2:]))
+    description = describe_model(model, tuple(images.shape[-2:]))
+    layout = description.layout
     if gradients and not logits:
         raise ValueError("gradients need the logits: capture with logits=True (the default)")
+    similarity = target if isinstance(target, SimilarityTarget) else None
     num_classes = int(getattr(model, "num_classes", 0))
-    if num_classes <= 0 and (logits or target is not None):
+    if num_classes <= 0 and similarity is None and (logits or target is not None):
         raise ValueError(
-            "model has no classifier head (num_classes=0): only attention-only methods such as rollout "
-            "apply (explain without a target, or capture with gradients=False, logits=False)."
+            "model has no classifier head (num_classes=0): gradient methods explain the similarity to a "
+            "reference, so pass target=explainers.SimilarityTarget(reference_image_or_embedding); "
+            "attention-only methods such as rollout need no target (or capture with gradients=False, "
+            "logits=False)."
         )
-    targets = None if target is None else _check_targets(target, images.shape[0], num_classes, images.device)
+    targets = None
+    if target is not None and similarity is None:
+        targets = _check_targets(target, images.shape[0], num_classes, images.device)
+    reference = None if similarity is None else similarity.embedding(model, images.device, images.dtype)
 
+    pooled = layout.readout == "attention_pool"
+    expected = description.num_layers + pooled
     output = None
-    with torch.set_grad_enabled(gradients), AttentionRecorder(None if logits else len(blocks)) as recorder:
+    with torch.set_grad_enabled(gradients), AttentionRecorder(None if logits else expected) as recorder:
         if gradients:
             images = images.detach().requires_grad_(True)
         with suppress(ForwardStopped):
-            output = model(images)
-    attentions = recorder.attentions
-    if len(attentions) != len(blocks):
-        raise ValueError(
-            f"captured {len(attentions)} attention maps for {len(blocks)} blocks: this model's attention "
-            "is computed in a way the capture does not recognise (expected timm's Attention module)."
-        )
-    if attentions[0].shape[-1] != layout.num_tokens:
-        raise ValueError(
-            f"attention covers {attentions[0].shape[-1]} tokens but the layout expects {layout.num_tokens} "
-            f"({layout.num_prefix} prefix + {layout.grid[0]}×{layout.grid[1]} patches)"
-        )
-    if targets is None and output is not None:
-        targets = output.detach().argmax(dim=-1)
+            output = model(images) if similarity is None else pooled_embedding(model, images)
+    maps = recorder.attentions
+    _check_maps(maps, description, expected)
 
-    store = dtype or attentions[0].dtype
+    scores = None
+    if output is not None:
+        if similarity is not None:
+            scores = similarity.scores(output, reference)
+        else:
+            if targets is None:
+                targets = output.detach().argmax(dim=-1)
+            scores = output.gather(1, targets[:, None])[:, 0]
+    store = dtype or maps[0].dtype
     grads = None
     if gradients:
-        score = output.gather(1, targets[:, None]).sum()  # images are independent: Σ_b y_b,t_b
-        grads = tuple(g.to(store) for g in torch.autograd.grad(score, attentions))
+        grads = torch.autograd.grad(scores.sum(), maps)  # images are independent: Σ_b y_b
+    attentions, pool = _lay_out(tuple(a.detach() for a in maps), layout, pooled, store)
+    gradients_out, pool_gradient = (None, None) if grads is None else _lay_out(grads, layout, pooled, store)
     return Capture(
-        attentions=tuple(a.detach().to(store) for a in attentions),
-        gradients=grads,
-        logits=None if output is None else output.detach(),
+        attentions=attentions,
+        gradients=gradients_out,
+        logits=None if output is None or similarity is not None else output.detach(),
         targets=targets,
         layout=layout,
+        pool_attention=pool,
+        pool_gradient=pool_gradient,
+        scores=None if scores is None else scores.detach(),
     )
+
+
+def _check_maps(maps: list[torch.Tensor], description: ModelDescription, expected: int) -> None:
+    """The recorded maps are the model's attention steps, in order, over the layout's tokens."""
+    layout = description.layout
+    if len(maps) != expected:
+        raise ValueError(
+            f"captured {len(maps)} attention maps where {description.architecture} has {expected} attention "
+            "steps: its attention is computed in a way the capture does not recognise (expected timm's "
+            "Attention modules)."
+        )
+    split = layout.class_attention_from
+    n, p = layout.num_tokens, layout.num_patches
+    for step, attention in enumerate(maps):
+        if step == description.num_layers:  # the attention pool's latent query
+            shape = (1, n - layout.pooled_from)
+        elif split is None:
+            shape = (n, n)
+        else:
+            shape = (p, p) if step < split else (1, n)
+        if tuple(attention.shape[-2:]) != shape:
+            raise ValueError(
+                f"attention step {step} covers {tuple(attention.shape[-2:])} query×key tokens but the layout "
+                f"expects {shape} ({layout.num_prefix} prefix + {layout.grid[0]}×{layout.grid[1]} patches)"
+            )
+
+
+def _lay_out(
+    maps: tuple[torch.Tensor, ...], layout: TokenLayout, pooled: bool, dtype: torch.dtype
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """Recorded maps (or their gradients) as ``(B, H, N, N)`` block maps and the ``(B, H, 1, N)`` pool map.
+
+    A plain ViT's maps are already that. CaiT's patch-only blocks ``(P×P)`` get a zero class-token row and
+    column (the class token does not exist yet: nothing flows to or from it), its class-attention rows
+    ``(1×N)`` zero patch rows (the patches are not updated there: only their residual carries them).
+    The pool's row gets zeros on tokens it does not pool.
+    """
+    pool = None
+    if pooled:
+        *maps, row = maps
+        pool = row.new_zeros(*row.shape[:-1], layout.num_tokens, dtype=dtype)
+        pool[..., layout.pooled_from :] = row
+    split = layout.class_attention_from
+    if split is None:
+        return tuple(a.to(dtype) for a in maps), pool
+    n, cls = layout.num_tokens, layout.cls_index
+    full = []
+    for step, attention in enumerate(maps):
+        out = attention.new_zeros(*attention.shape[:2], n, n, dtype=dtype)
+        if step < split:
+            out[:, :, cls + 1 :, cls + 1 :] = attention
+        else:
+            out[:, :, cls : cls + 1, :] = attention
+        full.append(out)
+    return tuple(full), pool

@@ -1,9 +1,11 @@
-"""Record every self-attention matrix of a forward pass without touching the model.
+"""Record every attention matrix of a forward pass without touching the model.
 
 A :class:`torch.overrides.TorchFunctionMode` sees each torch call made on the current thread.
 It replaces ``F.scaled_dot_product_attention`` (timm's fused path) by the explicit
 ``softmax(q kᵀ · scale + mask) v`` and keeps the post-softmax matrix; on the unfused path it keeps the
-output of the attention ``softmax``. The recorded tensors stay in the autograd graph, so
+output of the attention ``softmax``. Square self-attention maps ``(B, H, N, N)`` and single-query maps
+``(B, H, 1, N)`` (CaiT's class attention, SigLIP's attention-pool latent) are kept, in call order; the
+capture tells them apart by the model's structure. The recorded tensors stay in the autograd graph, so
 ``∂y/∂A`` is the gradient with respect to the post-softmax attention itself.
 
 Torch function modes are thread-local: no hook is registered, no flag is flipped, nothing is shared,
@@ -21,8 +23,9 @@ from torch.overrides import TorchFunctionMode
 _SOFTMAX_FUNCS = {torch.Tensor.softmax, torch.softmax, F.softmax}
 
 
-def _is_self_attention(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and t.shape[-1] == t.shape[-2]
+def _is_attention(t: torch.Tensor) -> bool:
+    """A ``(B, H, N, N)`` self-attention or a ``(B, H, 1, N)`` single-query attention map."""
+    return t.dim() == 4 and t.shape[-2] in (1, t.shape[-1])
 
 
 def _softmax_dim(args: tuple, kwargs: dict) -> int | None:
@@ -35,7 +38,7 @@ class ForwardStopped(Exception):
 
 
 class AttentionRecorder(TorchFunctionMode):
-    """Context manager collecting post-softmax self-attention maps ``(B, H, N, N)`` in call order.
+    """Context manager collecting post-softmax attention maps ``(B, H, N|1, N)`` in call order.
 
     With ``stop_after=n`` the forward pass is cut short by :class:`ForwardStopped` as soon as the
     ``n``-th map is recorded (nothing after the last attention map of a ViT changes the maps).
@@ -51,7 +54,7 @@ class AttentionRecorder(TorchFunctionMode):
         if func is F.scaled_dot_product_attention:
             return self._attention(*args, **kwargs)
         out = func(*args, **kwargs)
-        if func in _SOFTMAX_FUNCS and _is_self_attention(out) and _softmax_dim(args, kwargs) in (-1, 3):
+        if func in _SOFTMAX_FUNCS and _is_attention(out) and _softmax_dim(args, kwargs) in (-1, 3):
             self._record(out)
         return out
 
@@ -91,7 +94,7 @@ class AttentionRecorder(TorchFunctionMode):
             else:
                 scores = scores + attn_mask
         attn = scores.softmax(dim=-1)
-        if _is_self_attention(attn):
+        if _is_attention(attn):
             self._record(attn)
         if dropout_p > 0.0:
             attn = F.dropout(attn, p=dropout_p)
@@ -112,7 +115,7 @@ class AttentionRecorder(TorchFunctionMode):
         for h in range(heads):
             torch.baddbmm(attn[h], query[:, h], key[:, h].transpose(1, 2), beta=0.0, alpha=scale, out=attn[h])
         torch.softmax(attn, dim=-1, out=attn)
-        if _is_self_attention(attn):
+        if _is_attention(attn):
             self._record(attn.transpose(0, 1))
         out = query.new_empty(batch, tokens, heads, value.shape[-1])
         for h in range(heads):

@@ -157,10 +157,11 @@ def test_eight_threads_on_one_model_give_the_serial_results(deit_tiny):
     assert hook_count(deit_tiny) == 0
 
 
-def test_capture_stores_only_attention_gradients_and_logits(deit_tiny, images):
+def test_capture_stores_only_attention_gradients_logits_and_scores(deit_tiny, images):
     cap = explainers.capture(deit_tiny, images)
     per_layer = 2 * 3 * 197 * 197 * 4
-    assert cap.nbytes == 2 * 12 * per_layer + cap.logits.numel() * 4 + 2 * 8
+    assert cap.nbytes == 2 * 12 * per_layer + cap.logits.numel() * 4 + 2 * 8 + 2 * 4  # targets, scores
+    torch.testing.assert_close(cap.scores, cap.logits.gather(1, cap.targets[:, None])[:, 0])
     assert all(not a.requires_grad and a.grad_fn is None for a in cap.attentions)
 
 

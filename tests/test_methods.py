@@ -95,10 +95,12 @@ def test_rollout_matrices_keep_rows_summing_to_one():
     _, full = reference.rollout(attn, 2, "max", 0.8)
     np.testing.assert_allclose(full.sum(axis=-1), 1.0, rtol=1e-12)
     # the library keeps the whole CLS row internally: its prefix + patch mass sums to one as well
-    from explainers.attention_ops import cls_row_product, discard_lowest_, fuse_heads
+    from explainers.attention_ops import discard_lowest_, fuse_heads, readout_product
 
-    row = cls_row_product(
-        (discard_lowest_(fuse_heads(a, "max"), 0.8) for a in reversed(cap.attentions)), 0, 8, normalise=True
+    row = readout_product(
+        (discard_lowest_(fuse_heads(a, "max"), 0.8) for a in reversed(cap.attentions)),
+        cap.layout.readout_vector(3),
+        normalise=True,
     )
     torch.testing.assert_close(row.sum(-1), torch.ones(3))
 

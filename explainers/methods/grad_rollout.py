@@ -2,10 +2,15 @@
 
 import torch
 
-from ..attention_ops import cls_row_product, discard_lowest_
+from ..attention_ops import discard_lowest_, readout_product, readout_row
 from ..capture import Capture
 from ..params import DISCARD_RATIO, START_LAYER
 from ..registry import register
+
+
+def _weighted(attention: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """ReLU(mean_h(A ⊙ ∂y/∂A)), float32."""
+    return (attention.float() * gradient.float()).mean(dim=1).clamp_min(0)
 
 
 @register(
@@ -16,19 +21,17 @@ from ..registry import register
     reference="Gildenblat, vit-explain (2020), after Abnar & Zuidema 2020",
 )
 def grad_rollout(capture: Capture, *, discard_ratio: float, start_layer: int) -> torch.Tensor:
-    """Rollout of the attention weighted by its gradient for the target class.
+    """Rollout of the attention weighted by its gradient for the target.
 
     Ā_l = ReLU(mean_h(A_l ⊙ ∂y_t/∂A_l)), the gradient taken of the post-softmax attention of the same
-    block; then, as in rollout, the lowest ``discard_ratio`` entries are zeroed per image (CLS row and
-    column kept), Â_l = rownorm(Ā_l + I) and map = (Â_{L-1} ⋯ Â_s)[cls, patches].
+    block; then, as in rollout, the lowest ``discard_ratio`` entries are zeroed per image (the class
+    token's row and column kept when the output reads it), Â_l = rownorm(Ā_l + I) and
+    map = ρ · Â_{L-1} ⋯ Â_s, with ρ = e_cls, the mean 1_S/|S| of the pooled tokens, or for an attention
+    pool ρ = rownorm(ReLU(mean_h(A_pool ⊙ ∂y_t/∂A_pool))).
     """
-    layout = capture.layout
+    protected = capture.layout.protected_index
     fused = (
-        discard_lowest_(
-            (capture.attentions[layer].float() * capture.gradients[layer].float()).mean(dim=1).clamp_min(0),
-            discard_ratio,
-            layout.cls_index,
-        )
-        for layer in reversed(range(start_layer, capture.num_layers))
+        discard_lowest_(_weighted(capture.attentions[i], capture.gradients[i]), discard_ratio, protected)
+        for i in reversed(range(start_layer, capture.num_layers))
     )
-    return cls_row_product(fused, layout.cls_index, layout.num_tokens, normalise=True)
+    return readout_product(fused, readout_row(capture, _weighted, normalise=True), normalise=True)

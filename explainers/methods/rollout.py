@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..attention_ops import cls_row_product, discard_lowest_, fuse_heads
+from ..attention_ops import discard_lowest_, fuse_heads, readout_product, readout_row
 from ..capture import Capture
 from ..params import DISCARD_RATIO, HEAD_FUSION, START_LAYER
 from ..registry import register
@@ -18,19 +18,24 @@ from ..registry import register
     reference="Abnar & Zuidema, ACL 2020",
 )
 def rollout(capture: Capture, *, head_fusion: str, discard_ratio: float, start_layer: int) -> torch.Tensor:
-    """How much of each token flows into the class token through the residual stream of every block.
+    """How much of each token flows into what the model's output reads through every block's residual stream.
 
     Ā_l = fuse_heads(A_l) (mean, max or min), with the lowest ``discard_ratio`` of its entries zeroed
-    per image (the CLS row and column are kept); Â_l = rownorm(Ā_l + I), the identity modelling the
-    residual connection; R = Â_{L-1} ⋯ Â_s; map = R[cls, patches]. For the distilled DeiT the CLS
-    token's row is used (not the distillation token's).
+    per image (the class token's row and column are kept when the output reads it; nothing is protected
+    for mean and attention-pool readouts); Â_l = rownorm(Ā_l + I), the identity modelling the residual
+    connection; map = ρ · Â_{L-1} ⋯ Â_s with the readout row ρ: e_cls for a class token (for the
+    distilled DeiT the CLS token's, not the distillation token's), the mean 1_S/|S| of the pooled tokens,
+    or rownorm(fuse_heads(A_pool)) for an attention pool (see ``attention_ops.readout_row``). CaiT's
+    patch-only and class-attention blocks chain through the same product (see ``TokenLayout``).
     """
     layout = capture.layout
+    protected = layout.protected_index
 
     def fused() -> Iterator[torch.Tensor]:  # one workspace: each Ā_l is consumed before the next is made
         workspace = None
         for layer in reversed(range(start_layer, capture.num_layers)):
             workspace = fuse_heads(capture.attentions[layer], head_fusion, out=workspace)
-            yield discard_lowest_(workspace, discard_ratio, layout.cls_index)
+            yield discard_lowest_(workspace, discard_ratio, protected)
 
-    return cls_row_product(fused(), layout.cls_index, layout.num_tokens, normalise=True)
+    rho = readout_row(capture, lambda attention, _: fuse_heads(attention, head_fusion), normalise=True)
+    return readout_product(fused(), rho, normalise=True)
