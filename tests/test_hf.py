@@ -33,7 +33,7 @@ def _families():
     vit_args = dict(**SMALL, intermediate_size=64, id2label=LABELS)
     dino_args = dict(**SMALL, mlp_ratio=2, id2label=LABELS)
     return {
-        # name: (model class, config, image processor, prefix tokens)
+        # name: (model class, config, image processor, prefix tokens); the readout is in READOUT
         "vit": (t.ViTForImageClassification, t.ViTConfig(**vit_args), t.ViTImageProcessor(**SQUASH), 1),
         "deit": (t.DeiTForImageClassification, t.DeiTConfig(**vit_args), t.DeiTImageProcessor(**CROP), 2),
         "deit_distilled": (
@@ -45,6 +45,17 @@ def _families():
             t.BeitImageProcessor(**SQUASH),
             1,
         ),
+        "beit_mean": (
+            t.BeitForImageClassification,
+            t.BeitConfig(**vit_args, use_mean_pooling=True, use_relative_position_bias=True),
+            t.BeitImageProcessor(**SQUASH),
+            1,
+        ),
+        "data2vec_vision": (
+            t.Data2VecVisionForImageClassification, t.Data2VecVisionConfig(**vit_args),
+            t.BeitImageProcessor(**SQUASH), 1,
+        ),
+        "ijepa": (t.IJepaForImageClassification, t.IJepaConfig(**vit_args), t.ViTImageProcessor(**SQUASH), 0),
         "vit_msn": (
             t.ViTMSNForImageClassification, t.ViTMSNConfig(**vit_args), t.ViTImageProcessor(**SQUASH), 1
         ),
@@ -61,6 +72,8 @@ def _families():
 
 
 FAMILIES = list(_families())
+#: What each classifier reads (transformers' own heads): the class token, or the mean of the patch tokens.
+READOUT = {name: "mean" if name in ("beit_mean", "data2vec_vision", "ijepa") else "cls" for name in FAMILIES}
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +113,9 @@ def test_loads_the_saved_model_with_its_labels_and_no_copy(folders, loaded, name
     assert not wrapped.training and not wrapped.hf.training
     assert loaded[name].class_names == ("cat", "dog", "owl", "fox", "eel") and wrapped.num_classes == 5
     assert wrapped.num_prefix_tokens == prefix and wrapped.patch_embed.grid_size == (4, 4)
+    described = explainers.describe_model(wrapped)
+    assert described.readout == READOUT[name] and described.layout.num_prefix == prefix
+    assert described.layout.grid == (4, 4) and described.num_layers == 3 and described.num_heads == 4
     # the wrapper adds names, not parameters: its state dict is the model's, under "hf."
     assert sorted(wrapped.state_dict()) == sorted(f"hf.{k}" for k in wrapped.hf.state_dict())
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -144,8 +160,18 @@ def test_every_method_gives_finite_nonnegative_maps_of_the_grid(loaded, photo, n
     assert torch.isfinite(maps).all() and (maps >= 0).all() and maps.std() > 0
 
 
-def _plain_rollout(attentions: tuple[torch.Tensor, ...], prefix: int) -> torch.Tensor:
-    """Abnar & Zuidema 2020, one image at a time, from scratch: R = Π_l rownorm(mean_h A_l + I), CLS row."""
+def _readout_row(n: int, prefix: int, readout: str) -> torch.Tensor:
+    """ρ: the class token's one-hot row, or the uniform mean over the patch tokens."""
+    rho = torch.zeros(n, dtype=torch.float64)
+    if readout == "cls":
+        rho[0] = 1.0
+    else:
+        rho[prefix:] = 1.0 / (n - prefix)
+    return rho
+
+
+def _plain_rollout(attentions: tuple[torch.Tensor, ...], prefix: int, readout: str) -> torch.Tensor:
+    """Abnar & Zuidema 2020, one image at a time, from scratch: R = Π_l rownorm(mean_h A_l + I), read by ρ."""
     rows = []
     for b in range(attentions[0].shape[0]):
         n = attentions[0].shape[-1]
@@ -154,7 +180,7 @@ def _plain_rollout(attentions: tuple[torch.Tensor, ...], prefix: int) -> torch.T
             step = attention[b].double().mean(0) + torch.eye(n, dtype=torch.float64)
             step = step / step.sum(-1, keepdim=True)
             result = step @ result
-        rows.append(result[0, prefix:])
+        rows.append((_readout_row(n, prefix, readout) @ result)[prefix:])
     return torch.stack(rows)
 
 
@@ -165,12 +191,12 @@ def test_rollout_equals_rollout_of_the_models_eager_attentions(folders, loaded, 
     with torch.no_grad():
         attentions = _eager(folders[name])(pixel_values=x, output_attentions=True).attentions
     assert len(attentions) == 3 and attentions[0].shape == (2, 4, 16 + prefix, 16 + prefix)
-    expected = _plain_rollout(attentions, prefix).reshape(2, 4, 4)
+    expected = _plain_rollout(attentions, prefix, READOUT[name]).reshape(2, 4, 4)
     maps = explainers.explain(loaded[name].model, x, "rollout")
     torch.testing.assert_close(maps.double(), expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["vit", "deit_distilled", "dinov2_registers"])
+@pytest.mark.parametrize("name", ["vit", "deit_distilled", "dinov2_registers", "beit_mean", "ijepa"])
 def test_gradient_methods_equal_references_from_the_eager_attentions(folders, loaded, name):
     """∂y_t/∂A_l taken of the eager model's own returned attention tensors, then the papers' formulas."""
     prefix = _families()[name][3]
@@ -181,11 +207,16 @@ def test_gradient_methods_equal_references_from_the_eager_attentions(folders, lo
     grads = torch.autograd.grad(out.logits[0, target], out.attentions)
     a = [t[0].detach().numpy() for t in out.attentions]
     g = [t[0].numpy() for t in grads]
+    rho = _readout_row(a[0].shape[-1], prefix, READOUT[name]).numpy()
+    relevance = np.eye(len(rho))  # Chefer et al. 2021: R ← R + mean_h((∇A ⊙ A)⁺) R
+    for attention, gradient in zip(a, g, strict=True):
+        relevance = relevance + np.clip(gradient * attention, 0, None).astype(np.float64).mean(0) @ relevance
     model = loaded[name].model
     gae = explainers.explain(model, x, "gae", target=target)[0].flatten().double().numpy()
-    np.testing.assert_allclose(gae, reference.gae(a, g, prefix), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(gae, (rho @ relevance)[prefix:], rtol=1e-4, atol=1e-6)
     grad_rollout = explainers.explain(model, x, "grad_rollout", target=target)[0].flatten().double().numpy()
-    np.testing.assert_allclose(grad_rollout, reference.rollout(a, prefix, grads=g)[0], rtol=1e-4, atol=1e-6)
+    _, product = reference.rollout(a, prefix, grads=g)
+    np.testing.assert_allclose(grad_rollout, (rho @ product)[prefix:], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
@@ -226,16 +257,27 @@ def test_sanity_randomisation_works_on_a_copy(loaded):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_backbone_without_a_classifier_loads_headless(tmp_path, photo):
+def test_backbone_without_a_classifier_loads_headless_and_explains_similarity(tmp_path, photo):
     torch.manual_seed(0)
-    transformers.Dinov2Model(transformers.Dinov2Config(**SMALL, mlp_ratio=2)).save_pretrained(tmp_path)
+    backbone = transformers.Dinov2Model(transformers.Dinov2Config(**SMALL, mlp_ratio=2)).eval()
+    backbone.save_pretrained(tmp_path)
     transformers.BitImageProcessor(**SHORT).save_pretrained(tmp_path)
     model = load_model(f"hf:{tmp_path}")
     assert model.model.num_classes == 0 and model.class_names == ()
-    x = model.preprocess(photo)[None]
+    assert not explainers.describe_model(model.model).has_head
+    x, ref = model.preprocess(photo)[None], model.preprocess(photo.rotate(180))[None]
     assert explainers.explain(model.model, x, "rollout").shape == (1, 4, 4)
-    with pytest.raises(ValueError, match="num_classes=0"):
+    with pytest.raises(ValueError, match="SimilarityTarget"):
         explainers.explain(model.model, x, "gae")
+    # the explained score is the cosine similarity of DINOv2's embeddings [class token; patch mean]
+    hidden = backbone(pixel_values=torch.cat([x, ref])).last_hidden_state
+    embedding = torch.cat([hidden[:, 0], hidden[:, 1:].mean(1)], dim=-1)
+    cap = explainers.capture(model.model, x, explainers.SimilarityTarget(ref))
+    expected = torch.nn.functional.cosine_similarity(embedding[:1], embedding[1:])
+    torch.testing.assert_close(cap.scores, expected.detach(), atol=1e-5, rtol=1e-5)
+    for method in ("gae", "grad_rollout"):
+        maps = explainers.compute(cap, method)
+        assert maps.shape == (1, 4, 4) and torch.isfinite(maps).all() and (maps >= 0).all() and maps.std() > 0
 
 
 def test_unsupported_architecture_is_refused_by_name(tmp_path):
