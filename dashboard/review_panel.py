@@ -87,6 +87,10 @@ def render(maps: Mapping[str, torch.Tensor], charts: Mapping[str, go.Figure] | N
         if not maps:
             st.caption("Choose at least one explainer to save a review.")
             return
+        if state.scene().headless:
+            st.caption("Reviews record the class explained; this model has no classifier, so its maps cannot "
+                       "be saved to the board.")
+            return
         author = st.text_input("Your name", key="review.author")  # kept for the session's next reviews
         with st.form("review.save", clear_on_submit=True, border=False):
             notes = st.text_area("Notes", placeholder="What should the team look at?", key="review.notes")

@@ -36,7 +36,7 @@ def render() -> Scene:
         st.title("ViT explainers")
         model = _model_section()
         image = _image_section(model)
-        scene = _target_section(model, image)
+        scene = _target_section(model, image) if state.has_head(model) else _reference_section(model, image)
         _display_section()
     return scene
 
@@ -80,8 +80,19 @@ def _model_section() -> state.LoadedModel:
             st.error(f"The embedded model cannot be loaded: {error}")
             st.stop()
         _fall_back(f"{error} Showing the embedded model instead.", model=EMBEDDED, weights=None, device="cpu")
-    st.caption(f"{len(model.class_names)} classes · input {model.data_config['input_size'][1:]} px")
+    _model_facts(model)
     return model
+
+
+def _model_facts(model: state.LoadedModel) -> None:
+    """What the explainers read from the model: readout, prefix tokens, grid; classes and input size."""
+    described = state.describe(model)
+    classes = f" · {len(model.class_names)} classes" if described.has_head else ""
+    height, width = model.data_config["input_size"][1:]
+    st.caption(f"Readout: {described.summary}{classes} · input {height}×{width} px",
+               help="Readout: the tokens the model's output reads (class token, average pool or attention "
+               "pool); the maps start from it. Prefix tokens (class, distillation, registers) are not "
+               "patches.")
 
 
 def _on_weights_upload() -> None:
@@ -145,12 +156,17 @@ def _on_image_upload() -> None:
     state.commit(replace(state.view(), image=ref, target=None))
 
 
-def _target_section(model: state.LoadedModel, image: state.ImageRecord) -> Scene:
-    view = state.view()
-    view, problems = view.validated(state.dims_of(model))
+def _validated_view(model: state.LoadedModel) -> state.ViewState:
+    """The view with every value checked against the model (each dropped value reported)."""
+    view, problems = state.view().validated(state.dims_of(model))
     for problem in problems:
         state.notify(problem)
     state.commit(view)
+    return view
+
+
+def _target_section(model: state.LoadedModel, image: state.ImageRecord) -> Scene:
+    view = _validated_view(model)
     with st.spinner("Running the model…"):
         analysis = state.analyse(model, image, view.target)
     scene = Scene(model, image, analysis)
@@ -173,6 +189,52 @@ def _target_section(model: state.LoadedModel, image: state.ImageRecord) -> Scene
     state.set_scene(scene)
     st.caption(", ".join(f"{model.class_names[c]} {p:.0%}" for c, p in top[:3]))
     return scene
+
+
+def _reference_section(model: state.LoadedModel, image: state.ImageRecord) -> Scene:
+    """Headless models: the reference image whose similarity the gradient methods explain."""
+    view = _validated_view(model)
+    st.subheader("Reference image")
+    gallery = [f"gallery:{item_id}" for item_id in state.gallery()]
+    extra = [view.reference] if view.reference and view.reference not in gallery else []
+    options = [None, *gallery, *extra]
+    ref = widgets.controlled(
+        st.selectbox, "w.reference", view.reference, label="Explain the similarity to", options=options,
+        format_func=lambda r: "none: attention only" if r is None else _describe(r),
+        help="This model has no classifier. The gradient methods explain the cosine similarity of the "
+        "image's embedding to this image's; rollout and raw attention need no reference.",
+    )
+    st.button("Random digit as reference", key="w.reference_digit", on_click=_random_reference,
+              icon=":material/casino:", width="stretch")
+    st.file_uploader("Upload a reference", type=list(EXTENSIONS), key="w.reference_upload",
+                     max_upload_size=IMAGE_UPLOAD_MB, on_change=_on_reference_upload)
+    state.commit(replace(view, reference=ref))
+    try:
+        reference = None if ref is None else state.get_image(ref)
+    except ValueError as error:
+        _fall_back(f"{error} No reference image is used.", reference=None)
+    with st.spinner("Running the model…"):
+        scene = Scene(model, image, state.analyse(model, image, None, reference), reference)
+    state.set_scene(scene)
+    if scene.analysis.similarity is not None:
+        st.caption(f"Cosine similarity of the embeddings: {scene.analysis.similarity:.3f}")
+    return scene
+
+
+def _random_reference() -> None:
+    state.commit(replace(state.view(), reference=f"digit:{random.randrange(1_000_000)}"))
+
+
+def _on_reference_upload() -> None:
+    upload = st.session_state.get("w.reference_upload")
+    if upload is None:
+        return
+    try:
+        ref = state.store_upload(upload.getvalue())
+    except ValueError as error:
+        state.notify(f"{upload.name}: {error}", "error")
+        return
+    state.commit(replace(state.view(), reference=ref))
 
 
 def _display_section() -> None:

@@ -116,6 +116,8 @@ class ViewState:
         image: ``"gallery:<id>"``, ``"digit:<seed>"`` (a generated cluttered digit) or
             ``"upload:<hash>"`` (an uploaded file kept under its content hash); None: the first gallery image.
         target: class explained; None: the top prediction.
+        reference: headless models only (no classifier): the image, as an image reference, whose
+            embedding's cosine similarity the gradient methods explain; None: attention-only methods.
         methods: explainers shown side by side; None: all registered ones.
         params: explainer → parameter → value, only values that differ from the declared defaults.
         options: :data:`OPTIONS` name → value, only values that differ from the defaults.
@@ -127,6 +129,7 @@ class ViewState:
     device: str = "cpu"
     image: str | None = None
     target: int | None = None
+    reference: str | None = None
     methods: tuple[str, ...] | None = None
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -162,6 +165,8 @@ class ViewState:
             query["image"] = self.image
         if self.target is not None:
             query["target"] = str(self.target)
+        if self.reference:
+            query["reference"] = self.reference
         if self.methods is not None:
             query["methods"] = ",".join(self.methods)
         query.update({name: _format(value) for name, value in self.options.items()})
@@ -195,7 +200,8 @@ class ViewState:
 
     def validated(self, dims: Mapping[str, int]) -> tuple[ViewState, list[str]]:
         """This view with every value checked against a model's ``dims`` (``num_layers``, ``num_heads``,
-        ``num_classes``); invalid values are dropped (so their defaults apply), each with a message."""
+        ``num_classes``); invalid values are dropped (so their defaults apply), each with a message. A
+        reference image is kept for headless models only (``num_classes == 0``)."""
         problems: list[str] = []
         target = self.target
         if target is not None and target >= dims["num_classes"]:
@@ -209,7 +215,8 @@ class ViewState:
             if kept:
                 params[method] = kept
         options = {name: v for name, v in self.options.items() if _valid(OPTIONS[name], v, dims, problems)}
-        return replace(self, target=target, params=params, options=options), problems
+        reference = self.reference if dims["num_classes"] == 0 else None  # only headless models use one
+        return replace(self, target=target, reference=reference, params=params, options=options), problems
 
 
 _DEFAULT = object()
@@ -283,7 +290,7 @@ def _parse_field(key: str, text: str) -> Any:
         if not text.strip():
             raise ValueError(f"{key} is empty")
         return text.strip()
-    if key == "image":
+    if key in ("image", "reference"):
         parse_image_ref(text)
         return text
     if key == "target":
@@ -452,19 +459,22 @@ class Analysis:
     Attributes:
         key: what identifies it: spec, device, weights, image content hash, target (a cache key for anything
             computed from the capture).
-        capture: forward and backward pass (batch of one), with gradients.
+        capture: forward and backward pass (batch of one), with gradients; for a headless model without a
+            reference, the attention only.
         display: ``uint8 (H, W, 3)``, the preprocessed input, the pixels the maps refer to.
         box: the ground-truth box carried into ``display`` coordinates, where known.
-        probabilities: softmax of the logits, ``(num_classes,)``.
+        probabilities: softmax of the logits, ``(num_classes,)``; None for a headless model.
         seconds: how long the capture took.
+        similarity: headless model with a reference: the explained cosine similarity, else None.
     """
 
     key: tuple
     capture: Capture
     display: np.ndarray
     box: tuple[int, int, int, int] | None
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
     seconds: float
+    similarity: float | None = None
 
 
 def _box_in_view(model: LoadedModel, size: tuple[int, int], box: tuple[int, int, int, int]) -> tuple | None:
@@ -481,16 +491,34 @@ def _box_in_view(model: LoadedModel, size: tuple[int, int], box: tuple[int, int,
 @st.cache_resource(max_entries=CAPTURE_CACHE_ENTRIES, show_spinner=False)
 def _analyse(
     spec: str, device: str, weights: str | None, stamp: Any, sha: str, target: int | None,
-    _model: LoadedModel, _record: ImageRecord,
+    reference_sha: str | None, _model: LoadedModel, _record: ImageRecord, _reference: ImageRecord | None,
 ) -> Analysis:
     start = time.perf_counter()
     tensor = _model.preprocess(_record.image)
-    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target)
+    images = tensor[None].to(_model.device)
+    if has_head(_model):
+        capture = explainers.capture(_model.model, images, target)
+    elif _reference is None:
+        capture = explainers.capture(_model.model, images, gradients=False, logits=False)
+    else:
+        reference = explainers.SimilarityTarget(_model.preprocess(_reference.image)[None].to(_model.device))
+        capture = explainers.capture(_model.model, images, reference)
     seconds = time.perf_counter() - start
     box = None if _record.box is None else _box_in_view(_model, _record.image.size, _record.box)
-    probabilities = capture.logits[0].float().softmax(-1).cpu().numpy()
-    key = (spec, device, weights, stamp, sha, target)
-    return Analysis(key, capture, _model.to_display(tensor), box, probabilities, seconds)
+    probabilities = None if capture.logits is None else capture.logits[0].float().softmax(-1).cpu().numpy()
+    similarity = None if _reference is None or capture.scores is None else float(capture.scores[0])
+    key = (spec, device, weights, stamp, sha, target, reference_sha)
+    return Analysis(key, capture, _model.to_display(tensor), box, probabilities, seconds, similarity)
+
+
+def has_head(model: LoadedModel) -> bool:
+    """Whether the model has a classifier; headless backbones explain the similarity to a reference."""
+    return describe(model).has_head
+
+
+def describe(model: LoadedModel) -> explainers.ModelDescription:
+    """What the explainers read from the model: readout, prefix tokens, grid, layers, heads, head or not."""
+    return explainers.describe_model(model.model)
 
 
 def dims_of(model: LoadedModel) -> dict[str, int]:
@@ -498,10 +526,14 @@ def dims_of(model: LoadedModel) -> dict[str, int]:
     return {**model_dims(model.model), "num_classes": len(model.class_names)}
 
 
-def analyse(model: LoadedModel, record: ImageRecord, target: int | None) -> Analysis:
-    """The (cached) analysis of ``record`` by ``model`` for ``target`` (None: the top prediction)."""
+def analyse(
+    model: LoadedModel, record: ImageRecord, target: int | None, reference: ImageRecord | None = None
+) -> Analysis:
+    """The (cached) analysis of ``record`` by ``model`` for ``target`` (None: the top prediction); for a
+    headless model, of its similarity to ``reference`` (None: attention only)."""
+    reference = None if has_head(model) else reference
     return _analyse(model.spec, model.device, model.weights, _file_stamp(model.weights), record.sha, target,
-                    model, record)
+                    None if reference is None else reference.sha, model, record, reference)
 
 
 # ----------------------------------------------------------------------------------------------- session
@@ -555,11 +587,13 @@ def take_notices() -> list[tuple[str, str]]:
 
 @dataclass(frozen=True, eq=False)
 class Scene:
-    """What this run explains: the loaded model, the image and its analysis for the current target."""
+    """What this run explains: the loaded model, the image and its analysis for the current target (or, for
+    a headless model, for its similarity to the reference image, when one is chosen)."""
 
     model: LoadedModel
     image: ImageRecord
     analysis: Analysis
+    reference: ImageRecord | None = None
 
     @property
     def capture(self) -> Capture:
@@ -574,11 +608,19 @@ class Scene:
         return tuple(self.model.model.patch_embed.patch_size)
 
     @property
-    def target(self) -> int:
-        return int(self.capture.targets[0])
+    def target(self) -> int | None:
+        """The class explained; None for a headless model."""
+        targets = self.capture.targets
+        return None if targets is None else int(targets[0])
+
+    @property
+    def headless(self) -> bool:
+        return self.analysis.probabilities is None
 
     def top(self, k: int = 5) -> list[tuple[int, float]]:
-        """The ``k`` most probable classes with their probabilities."""
+        """The ``k`` most probable classes with their probabilities (none for a headless model)."""
+        if self.analysis.probabilities is None:
+            return []
         order = np.argsort(-self.analysis.probabilities)[:k]
         return [(int(c), float(self.analysis.probabilities[c])) for c in order]
 
@@ -609,7 +651,11 @@ def compute_maps(methods: list[str], **overrides: Any) -> dict[str, torch.Tensor
     capture = scene().capture
     maps = {}
     for method in methods:
-        declared = {p.name for p in get_explainer(method).params}
+        explainer = get_explainer(method)
+        if explainer.needs_gradients and capture.gradients is None:
+            raise ValueError(f"{explainer.label} explains a score: this model has no classifier, so choose a "
+                             "reference image in the sidebar and it explains the similarity to it.")
+        declared = {p.name for p in explainer.params}
         params = explainer_params(method, **{k: v for k, v in overrides.items() if k in declared})
         maps[method] = explainers.compute(capture, method, **params)[0]
     return maps

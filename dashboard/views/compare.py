@@ -63,6 +63,23 @@ def agreement(maps: dict[str, torch.Tensor]) -> None:
     )
 
 
+def question(scene: state.Scene) -> None:
+    """What the maps answer: why this class, or (headless model) why this similarity to the reference."""
+    if scene.headless and scene.reference is None:
+        st.info(f"**{scene.model.spec}** has no classifier (a headless backbone): rollout and raw attention "
+                "show where it attends. Choose a reference image in the sidebar and the gradient methods "
+                "explain why the two images are alike (the cosine similarity of their embeddings).")
+    elif scene.headless:
+        st.markdown(f"Why does **{scene.model.spec}** find this image like **{scene.reference.title}** "
+                    f"(cosine similarity {scene.analysis.similarity:.3f})? Every explainer answers from the "
+                    "same forward and backward pass.")
+    else:
+        probability = scene.analysis.probabilities[scene.target]
+        st.markdown(f"Why does **{scene.model.spec}** see **{scene.class_name(scene.target)}** "
+                    f"(p = {probability:.1%})? Every explainer answers from the same forward and backward "
+                    "pass.")
+
+
 def main() -> None:
     scene, view = state.scene(), state.view()
     st.header("Compare explainers")
@@ -70,10 +87,7 @@ def main() -> None:
     truth = " · green: ground-truth box" if scene.analysis.box else ""
     picture.image(widgets.input_image(), caption=f"{scene.image.title}{truth}", width="stretch")
     with summary:
-        probability = scene.analysis.probabilities[scene.target]
-        st.markdown(f"Why does **{scene.model.spec}** see **{scene.class_name(scene.target)}** "
-                    f"(p = {probability:.1%})? Every explainer answers from the same forward and backward "
-                    "pass.")
+        question(scene)
         methods = widgets.controlled(st.multiselect, "c.methods", view.shown_methods(), label="Explainers",
                                      options=list_explainers(), format_func=method_label)
         state.commit(replace(state.view(), methods=None if methods == list_explainers() else tuple(methods)))

@@ -173,6 +173,11 @@ def results(frame: pd.DataFrame) -> None:
 def main() -> None:
     model = state.scene().model
     st.header("Evaluate explainers")
+    if state.scene().headless:
+        st.info("The evaluation measures how a class probability changes as patches are removed; this model "
+                "has no classifier (headless), so there is nothing to evaluate. Choose a classifier in the "
+                "sidebar.")
+        return
     st.caption(f"{model.spec} · every score is computed per image and method, then averaged over the images. "
                "↑: higher is better, ↓: lower is better.")
     build, described = image_set(model)

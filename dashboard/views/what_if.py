@@ -23,7 +23,7 @@ def explore(method: str) -> None:
         timing = st.empty()
         start = time.perf_counter()
         try:
-            relevance = explainers.compute(scene.capture, method, **params)[0]
+            relevance = state.compute_maps([method], **params)[method]
         except ValueError as error:
             st.error(str(error))
             return

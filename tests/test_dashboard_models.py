@@ -1,0 +1,98 @@
+"""The sidebar's model facts, Hugging Face models, and headless backbones with a reference image."""
+
+import pytest
+import torch
+
+from explainers.models import EMBEDDED
+from tests.dashboard_apptest import images, messages, open_app, problems
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIT_EXPLAIN_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="module")
+def hf_vit(tmp_path_factory) -> str:
+    """A tiny random transformers ViT classifier with three named classes, saved with save_pretrained."""
+    folder = tmp_path_factory.mktemp("hf_vit")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(**SMALL, intermediate_size=64, id2label={0: "cat", 1: "dog", 2: "owl"})
+    transformers.ViTForImageClassification(config).save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return f"hf:{folder}"
+
+
+@pytest.fixture(scope="module")
+def hf_backbone(tmp_path_factory) -> str:
+    """A tiny random DINOv2 backbone without a classifier (headless)."""
+    folder = tmp_path_factory.mktemp("hf_dinov2")
+    torch.manual_seed(0)
+    transformers.Dinov2Model(transformers.Dinov2Config(**SMALL, mlp_ratio=2)).save_pretrained(folder)
+    crop = {"height": 32, "width": 32}
+    transformers.BitImageProcessor(size={"shortest_edge": 36}, crop_size=crop).save_pretrained(folder)
+    return f"hf:{folder}"
+
+
+def sidebar_text(app) -> str:
+    return "\n".join(str(c.value) for c in app.sidebar.caption)
+
+
+def test_the_sidebar_shows_readout_prefix_tokens_and_grid():
+    app = open_app()
+    assert not problems(app)
+    facts = "Readout: class token · 1 prefix token · 8×8 patches · 5 layers × 4 heads · 10 classes"
+    assert facts in sidebar_text(app)
+
+
+def test_a_hugging_face_folder_is_a_model_spec(hf_vit):
+    app = open_app(model=hf_vit)
+    assert not problems(app) and not messages(app)
+    assert app.session_state["_scene"].model.spec == hf_vit and app.query_params["model"] == hf_vit
+    assert app.selectbox(key="w.model").value == hf_vit
+    assert "class token · 1 prefix token · 4×4 patches · 3 layers × 4 heads · 3 classes" in sidebar_text(app)
+    assert {o.split(" · ")[0] for o in app.selectbox(key="w.target").options} == {"cat", "dog", "owl"}
+    assert len(images(app)) >= 8  # four explainers: map over the image and raw map each
+
+
+def test_a_headless_model_asks_for_a_reference_image(hf_backbone):
+    app = open_app(model=hf_backbone)
+    assert not problems(app)
+    assert "headless" in sidebar_text(app)
+    assert not [s for s in app.sidebar.selectbox if s.key == "w.target"]
+    assert app.selectbox(key="w.reference").value is None
+    assert "Choose a reference image in the sidebar" in app.info[0].value
+    # attention-only maps are shown; the gradient methods say what they need
+    assert "choose a reference image in the sidebar" in messages(app)
+    shown = len(images(app))
+
+    app.selectbox(key="w.reference").select_index(2).run()
+    assert not problems(app) and not messages(app)
+    reference = app.query_params["reference"]
+    assert reference.startswith("gallery:")
+    scene = app.session_state["_scene"]
+    assert scene.reference.ref == reference and scene.capture.gradients is not None
+    assert "Cosine similarity of the embeddings" in sidebar_text(app)
+    assert f"{scene.analysis.similarity:.3f}" in app.markdown[0].value
+    assert len(images(app)) > shown  # the gradient methods' maps too
+
+    app.button(key="w.reference_digit").click().run()
+    assert not problems(app) and app.query_params["reference"].startswith("digit:")
+
+
+def test_a_reference_from_a_link_is_kept_for_headless_models_only(hf_backbone):
+    app = open_app(model=hf_backbone, reference="digit:7")
+    assert not problems(app) and app.session_state["_scene"].reference.ref == "digit:7"
+    app = open_app(model=EMBEDDED, reference="digit:7")
+    assert not problems(app) and "reference" not in app.query_params
+
+
+def test_evaluate_page_says_a_headless_model_has_nothing_to_evaluate(hf_backbone):
+    app = open_app(model=hf_backbone, page="evaluate")
+    assert not problems(app)
+    assert "no classifier (headless)" in app.info[0].value
