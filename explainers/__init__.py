@@ -8,12 +8,13 @@
 
 from .capture import Capture, capture
 from .compute import compute, explain
-from .layout import ModelDescription, TokenLayout, describe_model
+from .layout import READOUTS, ModelDescription, TokenLayout, describe_model
 from .models import LoadedModel, available_devices, load_model
 from .registry import Explainer, Param, get_explainer, list_explainers, register
 from .targets import SimilarityTarget
 
 __all__ = [
+    "READOUTS",
     "Capture",
     "Explainer",
     "LoadedModel",

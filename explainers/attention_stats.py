@@ -14,20 +14,32 @@ import torch
 from .capture import Capture
 
 
+def _cls_index(capture: Capture) -> int:
+    if capture.layout.cls_index is None:
+        raise ValueError(
+            f"this model has no class token (its output reads the {capture.layout.readout} readout): "
+            "class-token statistics do not apply"
+        )
+    return capture.layout.cls_index
+
+
 def attention_entropy(capture: Capture, *, query: Literal["all", "cls"] = "all") -> torch.Tensor:
     """Shannon entropy (nats) of the attention rows, ``(B, L, H)``.
 
     ``H(A_i) = −Σ_j A_ij log A_ij`` over all keys j (prefix tokens included), with ``0 log 0 = 0``;
-    averaged over every query token i (``query="all"``) or of the class token's row only
+    averaged over every query token i that attends in the block (``query="all"``; CaiT's class token
+    in its class-attention blocks only, its patches in its patch blocks only) or of the class token's row only
     (``query="cls"``). 0 means a head looks at a single token, ``log N`` that it attends uniformly.
     """
     if query not in ("all", "cls"):
         raise ValueError(f"query must be 'all' or 'cls', got {query!r}")
-    cls = capture.layout.cls_index
+    cls = _cls_index(capture) if query == "cls" else 0
     per_layer = []
     for attention in capture.attentions:
         rows = attention.float() if query == "all" else attention[:, :, cls : cls + 1].float()
-        per_layer.append(-torch.special.xlogy(rows, rows).sum(dim=-1).mean(dim=-1))
+        present = rows.sum(dim=-1) > 0  # CaiT: tokens that do not attend in a block have zero rows
+        entropy = -torch.special.xlogy(rows, rows).sum(dim=-1)
+        per_layer.append((entropy * present).sum(dim=-1) / present.sum(dim=-1).clamp_min(1))
     return torch.stack(per_layer, dim=1)
 
 
@@ -57,7 +69,7 @@ def mean_attention_distance(capture: Capture, patch_size: int | tuple[int, int])
 
 def cls_attention(capture: Capture) -> torch.Tensor:
     """The class token's attention to every patch, ``(B, L, H, gh·gw)`` (row-major patch order)."""
-    cls, start = capture.layout.cls_index, capture.layout.num_prefix
+    cls, start = _cls_index(capture), capture.layout.num_prefix
     return torch.stack([a[:, :, cls, start:].float() for a in capture.attentions], dim=1)
 
 

@@ -30,7 +30,8 @@ class Capture:
         attentions: per block, the post-softmax attention ``(B, H, N, N)``, in block order.
         gradients: per block, ``∂y_t/∂A_l`` ``(B, H, N, N)`` paired with ``attentions``; ``None`` when the
             capture was made without gradients.
-        logits: the model's output ``(B, C)``; ``None`` when captured with ``logits=False``.
+        logits: the model's output ``(B, C)``; ``None`` when captured with ``logits=False`` or for a
+            :class:`~explainers.SimilarityTarget`.
         targets: the class ``t`` explained for each image ``(B,)``; ``None`` when there are no logits and
             no target was given, and for a :class:`~explainers.SimilarityTarget`.
         layout: prefix tokens, patch grid and readout.
@@ -111,11 +112,12 @@ class Capture:
         )
 
 
-def attention_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
-    """The self-attention blocks of a timm ViT (CaiT: its patch blocks), or a ``ValueError`` saying why
-    ``model`` cannot be explained (see :func:`~explainers.describe_model`)."""
+def attention_blocks(model: nn.Module) -> list[nn.Module]:
+    """The attention blocks of a timm ViT in order (CaiT: its patch blocks, then its class-attention
+    blocks), or a ``ValueError`` saying why ``model`` cannot be explained (see
+    :func:`~explainers.describe_model`)."""
     describe_model(model)
-    return model.blocks
+    return [*model.blocks, *(getattr(model, "blocks_token_only", None) or ())]
 
 
 def model_dims(model: nn.Module) -> dict[str, int]:
@@ -141,7 +143,7 @@ def _check_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         )
     if not images.is_floating_point():
         raise ValueError(f"images must be floating point (normalised), got dtype {images.dtype}")
-    param = next(model.parameters(), None)
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     if param is not None:
         images = images.to(device=param.device, dtype=param.dtype)
     return images
@@ -213,7 +215,11 @@ def capture(
     targets = None
     if target is not None and similarity is None:
         targets = _check_targets(target, images.shape[0], num_classes, images.device)
-    reference = None if similarity is None else similarity.embedding(model, images.device, images.dtype)
+    reference = None
+    if similarity is not None and logits:
+        if similarity.reference.dim() == 4:  # the reference image must be a valid input too
+            describe_model(model, tuple(_check_images(model, similarity.reference).shape[-2:]))
+        reference = similarity.embedding(model, images.device, images.dtype)
 
     pooled = layout.readout == "attention_pool"
     expected = description.num_layers + pooled

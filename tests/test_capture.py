@@ -200,7 +200,7 @@ def test_attention_only_capture_stops_at_the_last_attention_map(deit_tiny, image
     assert calls == []  # neither the last MLP nor the head ran
     assert short.logits is None and short.targets is None
     assert all(torch.equal(a, b) for a, b in zip(short.attentions, full.attentions, strict=True))
-    assert short.nbytes == full.nbytes - full.logits.nbytes - full.targets.nbytes
+    assert short.nbytes == full.nbytes - full.logits.nbytes - full.targets.nbytes - full.scores.nbytes
     assert short.subset(1).batch_size == 1 and short.subset(1).logits is None
     for method in ("rollout", "raw_attention"):
         assert torch.equal(explainers.explain(deit_tiny, images, method), explainers.compute(full, method))
