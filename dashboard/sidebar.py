@@ -17,15 +17,6 @@ from dashboard.state import Scene
 from explainers.images import EXTENSIONS
 from explainers.models import EMBEDDED, available_devices
 
-#: Offered in the model list; any other timm ViT name can be typed in.
-MODEL_CHOICES = (
-    EMBEDDED,
-    "deit_tiny_patch16_224",
-    "deit_small_patch16_224",
-    "deit_base_patch16_224",
-    "vit_small_patch16_224",
-    "vit_base_patch16_224",
-)
 #: Size limits of uploads (MB): images are also capped in pixels by ``explainers.images``.
 IMAGE_UPLOAD_MB, WEIGHTS_UPLOAD_MB = 25, 400
 
@@ -51,12 +42,7 @@ def _fall_back(message: str, **defaults: object) -> None:
 def _model_section() -> state.LoadedModel:
     view = state.view()
     st.subheader("Model")
-    options = list(MODEL_CHOICES) + ([view.model] if view.model not in MODEL_CHOICES else [])
-    spec = widgets.controlled(
-        st.selectbox, "w.model", view.model, label="Architecture", options=options, accept_new_options=True,
-        help="The embedded digit model, or any timm Vision Transformer name (type to add one). "
-        "Without a weights file, timm models need their pretrained weights (from the hub or its cache).",
-    )
+    spec = _model_picker(view.model)
     with st.expander("Weights file", expanded=view.weights is not None):
         weights = widgets.controlled(
             st.text_input, "w.weights", view.weights or "", label="Path on the server",
@@ -82,6 +68,21 @@ def _model_section() -> state.LoadedModel:
         _fall_back(f"{error} Showing the embedded model instead.", model=EMBEDDED, weights=None, device="cpu")
     _model_facts(model)
     return model
+
+
+def _model_picker(current: str) -> str:
+    """Searchable: the embedded model and every timm name the compatibility table supports (with its
+    readout); any other timm name or ``hf:<folder or hub id>`` can be typed in."""
+    supported = state.supported_timm_models()
+    options = [EMBEDDED, *supported, *([current] if current != EMBEDDED and current not in supported else [])]
+    return widgets.controlled(
+        st.selectbox, "w.model", current, label="Architecture", options=options, accept_new_options=True,
+        format_func=lambda name: f"{name} · {supported[name]}" if name in supported else name,
+        help="The embedded digit model, a timm ViT (type to search: every name listed passes the "
+        "compatibility check, readout shown), or a Hugging Face classifier as hf:<folder> (made by "
+        "save_pretrained) or hf:<hub id>. Without a weights file, timm models need their pretrained "
+        "weights (from the hub or its cache).",
+    )
 
 
 def _model_facts(model: state.LoadedModel) -> None:

@@ -24,6 +24,7 @@ Typical use in a page::
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import os
 import re
@@ -65,6 +66,8 @@ PAGES: dict[str, str] = {
 CAPTURE_CACHE_ENTRIES = 16
 #: Largest seed of a generated digit.
 MAX_DIGIT_SEED = 2**31 - 1
+#: The compatibility table of timm families written by ``scripts/compatibility.py`` (one row per family).
+COMPATIBILITY_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compatibility.csv"
 
 _VIEW_KEY, _SCENE_KEY, _NOTICES_KEY, _STARTED_KEY = "_view", "_scene", "_notices", "_started"
 _UPLOAD_HASH = re.compile(r"[0-9a-f]{16}")
@@ -340,6 +343,25 @@ def _file_stamp(weights: str | None) -> tuple[float, int] | None:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _load_model(spec: str, device: str, weights: str | None, stamp: tuple[float, int] | None) -> LoadedModel:
     return load_model(spec, device, weights)
+
+
+@st.cache_resource(show_spinner=False)
+def supported_timm_models(path: Path = COMPATIBILITY_CSV) -> dict[str, str]:
+    """timm model name → its family's readout label, for every family whose every explainer passed in the
+    compatibility table (``scripts/compatibility.py``: the same :func:`explainers.describe_model` check).
+    Empty when the table has not been written."""
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return {}
+    methods = list_explainers()
+    names = {}
+    for row in rows:
+        if all(str(row.get(m) or "").startswith("✓") for m in methods):
+            readout = row["summary"].split(" · ")[0]
+            names.update({name: readout for name in row["models"].split()})
+    return dict(sorted(names.items()))
 
 
 def get_model(spec: str, device: str, weights: str | None) -> LoadedModel:

@@ -1,5 +1,7 @@
 """The sidebar's model facts, Hugging Face models, and headless backbones with a reference image."""
 
+import csv
+
 import pytest
 import torch
 
@@ -96,3 +98,40 @@ def test_evaluate_page_says_a_headless_model_has_nothing_to_evaluate(hf_backbone
     app = open_app(model=hf_backbone, page="evaluate")
     assert not problems(app)
     assert "no classifier (headless)" in app.info[0].value
+
+
+def test_supported_timm_models_come_from_the_compatibility_table(tmp_path):
+    from dashboard.state import supported_timm_models
+    from explainers import list_explainers
+
+    methods = list_explainers()
+    rows = [
+        ("vit", "class token · 1 prefix token · 14×14 patches · 2 layers × 2 heads", ["✓"] * len(methods),
+         "vit_tiny_patch16_224 vit_base_patch16_224"),
+        ("vit_siglip", "attention pool · 0 prefix tokens · 14×14 patches · 2 layers × 2 heads",
+         ["✓ flat", *["✓"] * (len(methods) - 1)], "vit_base_patch16_siglip_224"),
+        ("xcit", "refused: Xcit is not supported", ["—"] * len(methods), "xcit_tiny_12_p16_224"),
+        ("odd", "class token · 1 prefix token · 14×14 patches · 2 layers × 2 heads",
+         ["✓", *["AttributeError: x"] * (len(methods) - 1)], "odd_model"),
+    ]
+    path = tmp_path / "compatibility.csv"
+    with path.open("w", newline="") as handle:  # the columns scripts/compatibility.py writes
+        writer = csv.writer(handle)
+        writer.writerow(["family", "module", "example", "summary", *methods, "models"])
+        writer.writerows([family, "m", "e", summary, *cells, names] for family, summary, cells, names in rows)
+    assert supported_timm_models(path) == {
+        "vit_base_patch16_224": "class token",
+        "vit_base_patch16_siglip_224": "attention pool",
+        "vit_tiny_patch16_224": "class token",
+    }
+    assert supported_timm_models(tmp_path / "absent.csv") == {}
+
+
+def test_the_model_picker_offers_the_supported_timm_names_and_keeps_a_typed_spec(hf_vit):
+    from dashboard.state import supported_timm_models
+
+    app = open_app(model=hf_vit)
+    picker = app.selectbox(key="w.model")
+    supported = supported_timm_models()
+    assert picker.options == [EMBEDDED, *(f"{n} · {r}" for n, r in supported.items()), hf_vit]
+    assert "hf:<folder>" in picker.help
