@@ -61,6 +61,7 @@ def _model_section() -> state.LoadedModel:
     try:
         with st.spinner(f"Loading {spec} on {device}…"):
             model = state.get_model(spec, device, weights)
+            state.describe(model)  # the explainers' own check: a model they cannot read is refused here
     except ValueError as error:
         if (spec, weights, device) == (EMBEDDED, None, "cpu"):
             st.error(f"The embedded model cannot be loaded: {error}")

@@ -3,7 +3,9 @@
 import csv
 
 import pytest
+import timm
 import torch
+from safetensors.torch import save_file
 
 from explainers.models import EMBEDDED
 from tests.dashboard_apptest import images, messages, open_app, problems
@@ -135,3 +137,13 @@ def test_the_model_picker_offers_the_supported_timm_names_and_keeps_a_typed_spec
     supported = supported_timm_models()
     assert picker.options == [EMBEDDED, *(f"{n} · {r}" for n, r in supported.items()), hf_vit]
     assert "hf:<folder>" in picker.help
+
+
+def test_a_model_the_explainers_cannot_read_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "convnext.safetensors"
+    save_file(timm.create_model("test_convnext", pretrained=False).state_dict(), path)
+    app = open_app(model="test_convnext", weights=str(path))
+    assert not problems(app)
+    assert "ConvNeXt is not a Vision Transformer" in messages(app)
+    assert "Showing the embedded model instead" in messages(app)
+    assert app.session_state["_scene"].model.spec == EMBEDDED
