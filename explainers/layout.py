@@ -32,6 +32,13 @@ _REFUSED = {
     "CrossVit": "CrossViT runs two branches at two patch sizes that exchange class tokens by cross-attention",
     "Xcit": "XCiT's cross-covariance attention attends across channels (d×d), not across tokens",
     "ConVit": "ConViT's gated positional self-attention mixes two softmax maps per block",
+    "TNT": "TNT nests a pixel-level transformer inside every patch (inner and outer attention)",
+    "VOLO": "VOLO's outlook attention is local (a window around each token)",
+}
+#: Block classes inside otherwise supported models that have no single softmax map per block.
+_REFUSED_BLOCKS = {
+    "ParallelThingsBlock": "its blocks run several attention branches in parallel (one map per branch)",
+    "DiffParallelScalingBlock": "its differential attention subtracts two softmax maps in every block",
 }
 
 
@@ -152,17 +159,30 @@ def _patch_embed(model: nn.Module) -> nn.Module | None:
     return getattr(model, "patch_embed", None) or getattr(model, "embeds", None)  # NaFlexViT: embeds
 
 
+def _num_heads(block: nn.Module) -> int | None:
+    """Heads of a block's attention: ``block.attn.num_heads``, or ``block.num_heads`` for timm's
+    ``ParallelScalingBlock`` (attention and MLP from one fused projection)."""
+    heads = getattr(getattr(block, "attn", None), "num_heads", None)
+    if heads is None and type(block).__name__ == "ParallelScalingBlock":
+        heads = getattr(block, "num_heads", None)
+    return heads
+
+
 def _refusal(model: nn.Module) -> str | None:
     name = type(model).__name__
     for prefix, reason in _REFUSED.items():
         if name.startswith(prefix):
             return f"{name} is not supported: {reason}."
     blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential | nn.ModuleList) and len(blocks):
+        kind = type(blocks[0]).__name__
+        if kind in _REFUSED_BLOCKS:
+            return f"{name} with {kind} is not supported: {_REFUSED_BLOCKS[kind]}."
     if (
         _patch_embed(model) is None
         or not isinstance(blocks, nn.Sequential | nn.ModuleList)
         or len(blocks) == 0
-        or not all(hasattr(getattr(b, "attn", None), "num_heads") for b in blocks)
+        or any(_num_heads(b) is None for b in blocks)
     ):
         return (
             f"model {name} is not a Vision Transformer with attention blocks: expected a timm ViT "
@@ -272,6 +292,6 @@ def describe_model(model: nn.Module, image_size: tuple[int, int] | None = None) 
         layout=layout,
         image_size=image_size,
         num_layers=len(blocks) + len(class_blocks),
-        num_heads=int(blocks[0].attn.num_heads),
+        num_heads=int(_num_heads(blocks[0])),
         has_head=int(getattr(model, "num_classes", 0)) > 0,
     )

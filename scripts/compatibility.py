@@ -71,7 +71,14 @@ WHOLE = {
     "convit",
 }
 MARKERS = ("<!-- compatibility:start -->", "<!-- compatibility:end -->")
-SMALL = ({"depth": 2, "embed_dim": 64, "num_heads": 2}, {"depth": 2}, {})
+SMALL = (  # tried in order; never the full-size default (giant models at full resolution exhaust memory)
+    {"depth": 2, "embed_dim": 64, "num_heads": 2},
+    {"depth": 2},
+    {"depth": 2, "img_size": 224},
+    {"img_size": 224},
+)
+#: Skip a model whose capture would exceed this (attention + gradients + autograd's copies, 2 images).
+MAX_CAPTURE_BYTES = 2**30
 
 
 def family(name: str) -> str:
@@ -109,7 +116,7 @@ def build(name: str) -> torch.nn.Module:
         try:
             torch.manual_seed(0)
             return timm.create_model(name, pretrained=False, **kwargs).eval()
-        except Exception as exc:  # timm rejects kwargs some architectures don't take: try fewer
+        except Exception as exc:  # timm rejects kwargs some architectures don't take: try others
             error = exc
     raise error
 
@@ -129,6 +136,10 @@ def check(name: str, methods: list[str]) -> tuple[str, list[str]]:
         description = explainers.describe_model(model)
     except ValueError as exc:
         return f"refused: {exc}", ["—"] * len(methods)
+    tokens = description.layout.num_tokens
+    if 3 * 2 * description.num_layers * description.num_heads * tokens**2 * 4 > MAX_CAPTURE_BYTES:
+        reason = f"not checked: too large when built small ({description.num_layers} layers, {tokens} tokens)"
+        return reason, ["—"] * len(methods)
     images = torch.randn(2, 3, *description.image_size, generator=torch.Generator().manual_seed(0))
     target = None if description.has_head else explainers.SimilarityTarget(images[:1].flip(-1))
     cells = []
@@ -152,7 +163,7 @@ def check(name: str, methods: list[str]) -> tuple[str, list[str]]:
 def table(families: list[str] | None = None, csv_path: Path | None = None) -> str:
     methods = explainers.list_explainers()
     lines = [
-        "| family (timm module, models) | example, built with depth 2 | readout · prefix · grid | "
+        "| family (timm module, models) | example, built small | readout · prefix · grid | "
         + " | ".join(methods)
         + " |",
         "|---|---|---|" + "---|" * len(methods),
