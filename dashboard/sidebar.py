@@ -146,8 +146,9 @@ def _random_digit() -> None:
     state.commit(replace(state.view(), image=f"digit:{random.randrange(1_000_000)}", target=None))
 
 
-def _on_image_upload() -> None:
-    upload = st.session_state.get("w.upload")
+def _on_image_upload(key: str = "w.upload", field: str = "image") -> None:
+    """Keep the upload of widget ``key`` and make it the view's ``field`` (the image, or the reference)."""
+    upload = st.session_state.get(key)
     if upload is None:
         return
     try:
@@ -155,7 +156,7 @@ def _on_image_upload() -> None:
     except ValueError as error:
         state.notify(f"{upload.name}: {error}", "error")
         return
-    state.commit(replace(state.view(), image=ref, target=None))
+    state.commit(replace(state.view(), **{field: ref}, target=None))
 
 
 def _validated_view(model: state.LoadedModel) -> state.ViewState:
@@ -209,7 +210,8 @@ def _reference_section(model: state.LoadedModel, image: state.ImageRecord) -> Sc
     st.button("Random digit as reference", key="w.reference_digit", on_click=_random_reference,
               icon=":material/casino:", width="stretch")
     st.file_uploader("Upload a reference", type=list(EXTENSIONS), key="w.reference_upload",
-                     max_upload_size=IMAGE_UPLOAD_MB, on_change=_on_reference_upload)
+                     max_upload_size=IMAGE_UPLOAD_MB, on_change=_on_image_upload,
+                     kwargs={"key": "w.reference_upload", "field": "reference"})
     state.commit(replace(view, reference=ref))
     try:
         reference = None if ref is None else state.get_image(ref)
@@ -225,18 +227,6 @@ def _reference_section(model: state.LoadedModel, image: state.ImageRecord) -> Sc
 
 def _random_reference() -> None:
     state.commit(replace(state.view(), reference=f"digit:{random.randrange(1_000_000)}"))
-
-
-def _on_reference_upload() -> None:
-    upload = st.session_state.get("w.reference_upload")
-    if upload is None:
-        return
-    try:
-        ref = state.store_upload(upload.getvalue())
-    except ValueError as error:
-        state.notify(f"{upload.name}: {error}", "error")
-        return
-    state.commit(replace(state.view(), reference=ref))
 
 
 def _display_section() -> None:

@@ -147,3 +147,13 @@ def test_a_model_the_explainers_cannot_read_is_refused_with_the_reason(tmp_path)
     assert "ConvNeXt is not a Vision Transformer" in messages(app)
     assert "Showing the embedded model instead" in messages(app)
     assert app.session_state["_scene"].model.spec == EMBEDDED
+
+
+def test_an_uploaded_reference_image(hf_backbone):
+    from tests.test_dashboard_bad_inputs import PNG
+
+    app = open_app(model=hf_backbone)
+    app.file_uploader(key="w.reference_upload").upload("ref.png", PNG, "image/png").run()
+    assert not problems(app)
+    assert app.query_params["reference"].startswith("upload:")
+    assert app.session_state["_scene"].analysis.similarity is not None
