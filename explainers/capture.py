@@ -127,9 +127,13 @@ def model_dims(model: nn.Module) -> dict[str, int]:
 
 
 def _in_channels(model: nn.Module) -> int:
-    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
-    if isinstance(proj, nn.Conv2d):
-        return proj.in_channels
+    """Input channels: the first convolution of the patch embedding (a hybrid ViT's backbone stem),
+    else the ``pretrained_cfg`` (NaFlexViT embeds flattened patches with a linear layer)."""
+    embed = getattr(model, "patch_embed", None)
+    convolutions = (m for m in embed.modules() if isinstance(m, nn.Conv2d)) if embed is not None else ()
+    first = next(iter(convolutions), None)
+    if first is not None:
+        return first.in_channels
     return int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
 
 

@@ -39,6 +39,7 @@ _REFUSED = {
 _REFUSED_BLOCKS = {
     "ParallelThingsBlock": "its blocks run several attention branches in parallel (one map per branch)",
     "DiffParallelScalingBlock": "its differential attention subtracts two softmax maps in every block",
+    "DiffAttention": "its differential attention subtracts two softmax maps in every block",
 }
 
 
@@ -175,8 +176,15 @@ def _refusal(model: nn.Module) -> str | None:
             return f"{name} is not supported: {reason}."
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, nn.Sequential | nn.ModuleList) and len(blocks):
-        kind = type(blocks[0]).__name__
-        if kind in _REFUSED_BLOCKS:
+        kind = next(
+            (
+                k
+                for k in (type(blocks[0]).__name__, type(getattr(blocks[0], "attn", None)).__name__)
+                if k in _REFUSED_BLOCKS
+            ),
+            None,
+        )
+        if kind is not None:
             return f"{name} with {kind} is not supported: {_REFUSED_BLOCKS[kind]}."
     if (
         _patch_embed(model) is None
@@ -194,8 +202,11 @@ def _refusal(model: nn.Module) -> str | None:
 def _readout(model: nn.Module, num_prefix: int, has_cls: bool) -> tuple[str, int]:
     """``(readout, pooled_from)`` from the model's pooling, or a ``ValueError`` saying why not."""
     name = type(model).__name__
-    pooled_from = 0 if getattr(model, "pool_include_prefix", False) else num_prefix
     pool = getattr(model, "attn_pool", None)
+    # ViT and NaFlexViT say whether they pool the prefix tokens too; EVA, which does not say, feeds every
+    # token to its attention pool and only the patches to its mean (the capture checks the pool's width)
+    include_prefix = getattr(model, "pool_include_prefix", pool is not None)
+    pooled_from = 0 if include_prefix else num_prefix
     if pool is not None:
         if type(pool).__name__ != "AttentionPoolLatent":
             raise ValueError(

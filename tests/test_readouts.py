@@ -375,3 +375,19 @@ def test_attention_entropy_counts_only_the_tokens_that_attend_in_cait():
     class_row = cap.attentions[3][0, :, 0]
     torch.testing.assert_close(entropy[0, 0], -(patch_rows * patch_rows.log()).sum(-1).mean(-1))
     torch.testing.assert_close(entropy[0, 3], -(class_row * class_row.log()).sum(-1))
+
+
+def test_eva_attention_pool_reads_every_token_and_hybrids_take_rgb():
+    pe_core = make_vit("vit_pe_core_tiny_patch16_384", **TINY, img_size=32, num_classes=3)
+    assert explainers.describe_model(pe_core).layout.pooled_from == 0  # the class token is pooled too
+    cap = explainers.capture(pe_core, torch.randn(1, 3, 32, 32))
+    torch.testing.assert_close(cap.pool_attention.sum(-1), torch.ones(*cap.pool_attention.shape[:-1]))
+    hybrid = make_vit("vit_small_r26_s32_224", depth=1, num_classes=3)  # a ResNet stem before the patches
+    assert explainers.explain(hybrid, torch.randn(1, 3, 224, 224), "gae").shape == (1, 7, 7)
+
+
+def test_differential_attention_is_refused():
+    with torch.device("meta"):
+        model = timm.create_model("vit_dlittle_patch16_reg1_gap_256", pretrained=False)
+    with pytest.raises(ValueError, match="DiffAttention is not supported: its differential attention"):
+        explainers.describe_model(model)

@@ -84,10 +84,13 @@ def test_a_model_that_is_not_a_vit(model):
         explainers.explain(model, torch.randn(1, 3, 224, 224), "rollout")
 
 
-def test_a_model_without_class_token():
+def test_a_model_without_class_token_reads_its_pooled_tokens():
     model = make_vit("vit_small_patch16_224", class_token=False, global_pool="avg", depth=2)
-    with pytest.raises(ValueError, match="has no class token"):
-        explainers.explain(model, torch.randn(1, 3, 224, 224), "rollout")
+    assert explainers.describe_model(model).readout == "mean"
+    assert explainers.explain(model, torch.randn(1, 3, 224, 224), "rollout").shape == (1, 14, 14)
+    pooled_by_max = make_vit("vit_small_patch16_224", class_token=False, global_pool="max", depth=2)
+    with pytest.raises(ValueError, match="each channel is pooled from a different token"):
+        explainers.explain(pooled_by_max, torch.randn(1, 3, 224, 224), "rollout")
 
 
 def test_gradient_method_on_a_capture_without_gradients(deit_tiny, images):
