@@ -88,18 +88,20 @@ def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-@dataclass(frozen=True)
-class PatchGrid:
+class PatchGrid(nn.Module):
     """The patch embedding facts the token layout reads, under timm's ``patch_embed`` names.
 
     A convolution with kernel = stride = patch size and no padding: an ``H × W`` image gives a
-    ``⌊H/p_h⌋ × ⌊W/p_w⌋`` grid of tokens, in row-major order after the prefix tokens.
+    ``⌊H/p_h⌋ × ⌊W/p_w⌋`` grid of tokens, in row-major order after the prefix tokens. ``proj`` is the
+    model's own convolution.
     """
 
-    img_size: tuple[int, int]
-    patch_size: tuple[int, int]
-    strict_img_size: bool
-    proj: nn.Conv2d
+    def __init__(
+        self, proj: nn.Conv2d, img_size: tuple[int, int], patch_size: tuple[int, int], strict_img_size: bool
+    ) -> None:
+        super().__init__()
+        self.proj = proj
+        self.img_size, self.patch_size, self.strict_img_size = img_size, patch_size, strict_img_size
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -143,12 +145,10 @@ class HFVisionTransformer(nn.Module):
         blocks = nn.ModuleList(_Block(layer, heads) for layer in _layers(model.base_model))
         object.__setattr__(self, "blocks", blocks)  # views of the model's layers: not registered twice
         patches = embeddings.patch_embeddings
-        self.patch_embed = PatchGrid(
-            img_size=_pair(patches.image_size),
-            patch_size=_pair(patches.patch_size),
-            strict_img_size=not family.any_size,
-            proj=patches.projection,
+        patch_embed = PatchGrid(
+            patches.projection, _pair(patches.image_size), _pair(patches.patch_size), not family.any_size
         )
+        object.__setattr__(self, "patch_embed", patch_embed)  # a view of the model's own convolution
         prefix = (getattr(embeddings, name, None) for name in _PREFIX_PARAMS)
         self.num_prefix_tokens = sum(tokens.shape[1] for tokens in prefix if tokens is not None)
         self.num_classes = int(config.num_labels)
