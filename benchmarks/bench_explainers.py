@@ -87,17 +87,21 @@ def main() -> None:
     def time_it(fn: Callable[[], object]) -> float:
         return median_seconds(fn, args.repeats, device)
 
-    # 1. recomputing from an existing capture (per image, from a batch capture)
+    # 1. recomputing from an existing capture: per image of a batch capture, and one image alone (what the
+    #    dashboard's what-if page recomputes on every parameter change)
     cap = explainers.capture(model, batch)
-    for ratio in (0.0, 0.9):
-        worst = 0.0
-        for method in METHODS:
-            params = {"discard_ratio": ratio} if method.endswith("rollout") else {}
-            t = time_it(lambda m=method, p=params: explainers.compute(cap, m, **p)) / n
-            worst = max(worst, t)
-            rows.append((f"compute {method}, discard {ratio}, per image", t * 1e3, "ms"))
-        target = 1.0 if ratio == 0 else 4.0
-        rows.append((f"  slowest explainer, discard {ratio} (target ≤ {target:g} ms)", worst * 1e3, "ms"))
+    for source, images in ((cap, n), (explainers.capture(model, one), 1)):
+        where = "per image" if images > 1 else "batch 1"
+        for ratio in (0.0, 0.9):
+            worst = 0.0
+            for method in METHODS:
+                params = {"discard_ratio": ratio} if method.endswith("rollout") else {}
+                t = time_it(lambda c=source, m=method, p=params: explainers.compute(c, m, **p)) / images
+                worst = max(worst, t)
+                rows.append((f"compute {method}, discard {ratio}, {where}", t * 1e3, "ms"))
+            target = {(0.0, False): " (target ≤ 1 ms)", (0.9, False): " (target ≤ 4 ms)",
+                      (0.9, True): " (target ≤ 4 ms)"}.get((ratio, images == 1), "")
+            rows.append((f"  slowest explainer, discard {ratio}, {where}{target}", worst * 1e3, "ms"))
 
     # 2. capture with gradients + all four explainers vs a plain forward+backward, one image
     def plain_forward_backward() -> None:

@@ -1,8 +1,8 @@
-"""The sidebar shared by every page: model, device, image, target class and display options.
+"""The sidebar shared by every page: model, device, image, target class, a second model and display options.
 
-:func:`render` resolves them into the :class:`~dashboard.state.Scene` of this run. Anything that cannot
-be loaded (a model, weights, an image from a link) is reported and replaced by the default, so the
-session always goes on.
+:func:`render` resolves them into the :class:`~dashboard.state.Scene` of this run (and the second model's,
+:func:`state.second_scene`). Anything that cannot be loaded (a model, weights, an image from a link) is
+reported and replaced by the default, so the session always goes on.
 """
 
 from __future__ import annotations
@@ -13,21 +13,23 @@ from dataclasses import replace
 import streamlit as st
 
 from dashboard import state, widgets
-from dashboard.state import Scene
+from dashboard.state import ModelSlot, Scene
 from explainers.images import EXTENSIONS
 from explainers.models import EMBEDDED, available_devices
 
-#: Size limits of uploads (MB): images are also capped in pixels by ``explainers.images``.
-IMAGE_UPLOAD_MB, WEIGHTS_UPLOAD_MB = 25, 400
+#: Widget key prefix of each model slot.
+SLOT_KEYS = ("w", "w2")
 
 
 def render() -> Scene:
-    """Draw the sidebar and return the scene it selects (also kept as :func:`state.scene`)."""
+    """Draw the sidebar; return the scene (model, image, analysis) to show."""
     with st.sidebar:
         st.title("ViT explainers")
         model = _model_section()
         image = _image_section(model)
         scene = _target_section(model, image) if state.has_head(model) else _reference_section(model, image)
+        second = _second_model_section(scene)
+        state.set_scene(scene, second)
         _display_section()
     return scene
 
@@ -39,31 +41,46 @@ def _fall_back(message: str, **defaults: object) -> None:
     st.rerun()
 
 
-def _model_section() -> state.LoadedModel:
-    view = state.view()
-    st.subheader("Model")
-    spec = _model_picker(view.model)
-    with st.expander("Weights file", expanded=view.weights is not None):
+def _slot_controls(index: int, slot: ModelSlot) -> ModelSlot:
+    """Architecture, weights file and device of model slot ``index``; the view follows them."""
+    prefix = SLOT_KEYS[index]
+    spec = _model_picker(f"{prefix}.model", slot.model)
+    with st.expander("Weights file", expanded=slot.weights is not None):
         weights = widgets.controlled(
-            st.text_input, "w.weights", view.weights or "", label="Path on the server",
-            placeholder="path/to/weights.safetensors",
-            help="A .safetensors, .pth or .pt state dict of this architecture; empty: its own weights.",
+            st.text_input, f"{prefix}.weights", slot.weights or "", label="File in the data folder",
+            placeholder="weights/my-model.safetensors",
+            help="A .safetensors, .pth or .pt state dict of this architecture, in the server's data folder "
+            "(uploads, and files the operator puts in its weights/ folder); empty: its own weights.",
         ).strip() or None
-        st.file_uploader("…or upload one", type=["safetensors", "pth", "pt"], key="w.weights_upload",
-                         max_upload_size=WEIGHTS_UPLOAD_MB, on_change=_on_weights_upload)
+        st.file_uploader("…or upload one", type=["safetensors", "pth", "pt"], key=f"{prefix}.weights_upload",
+                         max_upload_size=state.MAX_UPLOAD_MB, on_change=_on_weights_upload, args=(index,))
     devices = available_devices()
-    if view.device not in devices:
-        state.notify(f"Device {view.device!r} is not available on this server ({', '.join(devices)}); "
+    device = slot.device
+    if device not in devices:
+        state.notify(f"Device {device!r} is not available on this server ({', '.join(devices)}); "
                      "using the CPU.")
-        view = replace(view, device="cpu")
-    device = widgets.controlled(st.selectbox, "w.device", view.device, label="Device", options=devices)
-    state.commit(replace(view, model=spec, weights=weights, device=device))
+        device = "cpu"
+    device = widgets.controlled(st.selectbox, f"{prefix}.device", device, label="Device", options=devices)
+    slot = ModelSlot(spec, weights, device)
+    state.commit(state.view().with_slot(index, slot))
+    return slot
+
+
+def _load(slot: ModelSlot) -> state.LoadedModel:
+    """The slot's model, refused here (``ValueError``) when the explainers cannot read it."""
+    with st.spinner(f"Loading {slot.model} on {slot.device}…"):
+        model = state.load_slot(slot)
+        state.describe(model)  # the explainers' own check: a model they cannot read is refused here
+    return model
+
+
+def _model_section() -> state.LoadedModel:
+    st.subheader("Model")
+    slot = _slot_controls(0, state.view().first)
     try:
-        with st.spinner(f"Loading {spec} on {device}…"):
-            model = state.get_model(spec, device, weights)
-            state.describe(model)  # the explainers' own check: a model they cannot read is refused here
+        model = _load(slot)
     except ValueError as error:
-        if (spec, weights, device) == (EMBEDDED, None, "cpu"):
+        if slot == ModelSlot():
             st.error(f"The embedded model cannot be loaded: {error}")
             st.stop()
         _fall_back(f"{error} Showing the embedded model instead.", model=EMBEDDED, weights=None, device="cpu")
@@ -71,13 +88,13 @@ def _model_section() -> state.LoadedModel:
     return model
 
 
-def _model_picker(current: str) -> str:
+def _model_picker(key: str, current: str) -> str:
     """Searchable: the embedded model and every timm name the compatibility table supports (with its
     readout); any other timm name or ``hf:<folder or hub id>`` can be typed in."""
     supported = state.supported_timm_models()
     options = [EMBEDDED, *supported, *([current] if current != EMBEDDED and current not in supported else [])]
     return widgets.controlled(
-        st.selectbox, "w.model", current, label="Architecture", options=options, accept_new_options=True,
+        st.selectbox, key, current, label="Architecture", options=options, accept_new_options=True,
         format_func=lambda name: f"{name} · {supported[name]}" if name in supported else name,
         help="The embedded digit model, a timm ViT (type to search: every name listed passes the "
         "compatibility check, readout shown), or a Hugging Face classifier as hf:<folder> (made by "
@@ -97,8 +114,8 @@ def _model_facts(model: state.LoadedModel) -> None:
                "patches.")
 
 
-def _on_weights_upload() -> None:
-    upload = st.session_state.get("w.weights_upload")
+def _on_weights_upload(index: int) -> None:
+    upload = st.session_state.get(f"{SLOT_KEYS[index]}.weights_upload")
     if upload is None:
         return
     try:
@@ -106,7 +123,52 @@ def _on_weights_upload() -> None:
     except ValueError as error:
         state.notify(str(error), "error")
         return
-    state.commit(replace(state.view(), weights=path))
+    view = state.view()
+    slot = view.first if index == 0 else view.second or ModelSlot()
+    state.commit(view.with_slot(index, replace(slot, weights=path)))
+
+
+def _second_model_section(first: Scene) -> Scene | None:
+    """The second model slot: off, or a model explaining the same image (and class, by name) as the first."""
+    st.subheader("Second model")
+    view = state.view()
+    on = widgets.controlled(st.toggle, "w2.on", view.second is not None, label="Compare with a second model",
+                            help="Show every map of both models side by side (Compare) and overlay their "
+                            "attention statistics (Attention distributions).")
+    if not on:
+        state.commit(view.with_slot(1, None))
+        return None
+    slot = _slot_controls(1, view.second or view.first)
+    try:
+        model = _load(slot)
+    except ValueError as error:
+        _fall_back(f"{error} The second model is closed.", second=None)
+    _model_facts(model)
+    if not state.has_head(model):  # a headless second model explains the similarity to the same reference
+        with st.spinner("Running the second model…"):
+            analysis = state.analyse(model, first.image, None, first.reference)
+        second = Scene(model, first.image, analysis, first.reference)
+        if analysis.similarity is None:
+            st.caption("It has no classifier: choose a reference image for the first model to explain the "
+                       "similarity to it; its attention is shown without one.")
+        else:
+            st.caption(f"It has no classifier: it explains the cosine similarity to the reference image "
+                       f"({analysis.similarity:.3f}).")
+        return second
+    target = state.matching_target(first, model)
+    with st.spinner("Running the second model…"):
+        second = Scene(model, first.image, state.analyse(model, first.image, target))
+    if first.target is None:
+        st.caption(f"It explains its own prediction, {second.class_name(second.target)}.")
+        return second
+    name = first.class_name(first.target)
+    if target is None:
+        st.caption(f"It has no class “{name}”: it explains its own prediction, "
+                   f"{second.class_name(second.target)}.")
+    else:
+        st.caption(f"It explains the same class, {name} "
+                   f"({second.analysis.probabilities[target]:.0%}).")
+    return second
 
 
 def _image_section(model: state.LoadedModel) -> state.ImageRecord:
@@ -126,7 +188,7 @@ def _image_section(model: state.LoadedModel) -> state.ImageRecord:
         st.button("New random cluttered digit", key="w.random_digit", on_click=_random_digit,
                   icon=":material/casino:", width="stretch")
     st.file_uploader("Upload an image", type=list(EXTENSIONS), key="w.upload",
-                     max_upload_size=IMAGE_UPLOAD_MB, on_change=_on_image_upload,
+                     max_upload_size=state.MAX_UPLOAD_MB, on_change=_on_image_upload,
                      help="PNG, JPEG, WebP or BMP, up to 40 megapixels.")
     with st.expander("Gallery"):
         thumbnails = state.gallery_thumbnails()
@@ -189,7 +251,6 @@ def _target_section(model: state.LoadedModel, image: state.ImageRecord) -> Scene
         state.commit(replace(view, target=target))
         with st.spinner("Running the model…"):
             scene = Scene(model, image, state.analyse(model, image, target))
-    state.set_scene(scene)
     st.caption(", ".join(f"{model.class_names[c]} {p:.0%}" for c, p in top[:3]))
     return scene
 
@@ -210,7 +271,7 @@ def _reference_section(model: state.LoadedModel, image: state.ImageRecord) -> Sc
     st.button("Random digit as reference", key="w.reference_digit", on_click=_random_reference,
               icon=":material/casino:", width="stretch")
     st.file_uploader("Upload a reference", type=list(EXTENSIONS), key="w.reference_upload",
-                     max_upload_size=IMAGE_UPLOAD_MB, on_change=_on_image_upload,
+                     max_upload_size=state.MAX_UPLOAD_MB, on_change=_on_image_upload,
                      kwargs={"key": "w.reference_upload", "field": "reference"})
     state.commit(replace(view, reference=ref))
     try:
@@ -219,7 +280,6 @@ def _reference_section(model: state.LoadedModel, image: state.ImageRecord) -> Sc
         _fall_back(f"{error} No reference image is used.", reference=None)
     with st.spinner("Running the model…"):
         scene = Scene(model, image, state.analyse(model, image, None, reference), reference)
-    state.set_scene(scene)
     if scene.analysis.similarity is not None:
         st.caption(f"Cosine similarity of the embeddings: {scene.analysis.similarity:.3f}")
     return scene

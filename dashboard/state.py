@@ -2,17 +2,18 @@
 
 Three layers, each usable on its own by any page (including pages added later):
 
-- :class:`ViewState`: everything that defines what is shown (page, model, device, image, target class,
-  explainers and all their parameters, display options). It round-trips through the URL query
-  (:meth:`ViewState.to_query` / :meth:`ViewState.from_query`) and is validated against the model with
+- :class:`ViewState`: everything that defines what is shown (page, one or two model slots, image,
+  target class, explainers and all their parameters, display options). It round-trips through the URL
+  query (:meth:`ViewState.to_query` / :meth:`ViewState.from_query`) and is validated against the model with
   the registry's :class:`~explainers.Param` declarations: a bad value becomes a message and a default.
-- Cached resources (``st.cache_resource``, shared by all sessions): models per (spec, device, weights),
+- Cached resources (``st.cache_resource``, shared by all sessions): models per slot (spec, device, weights),
   images per reference, and analyses (the capture of one image) per (spec, device, weights, image
   content hash, target) with a bounded number of entries. Explainer parameters never reach these keys:
   changing one is tensor maths on a cached capture.
 - The session: :func:`view` / :func:`commit` (the current view, mirrored into ``st.query_params``),
-  :func:`scene` (model, image and capture resolved by the sidebar for this run), :func:`explainer_params`
-  and :func:`compute_maps`, and :func:`notify` for messages shown at the top of the page.
+  :func:`scene` and :func:`second_scene` (model, image and capture of each slot, resolved by the sidebar
+  for this run), :func:`explainer_params` and :func:`compute_maps`, and :func:`notify` for messages shown
+  at the top of the page.
 
 Typical use in a page::
 
@@ -43,13 +44,18 @@ from PIL import Image
 
 import explainers
 from explainers import Capture, Param, get_explainer, list_explainers
+from explainers.access import WEIGHT_SUFFIXES, VisitorPolicy
+from explainers.alignment import image_grid, input_region, to_image_grid
 from explainers.attention_stats import MAP_SUMMARIES
 from explainers.capture import model_dims
 from explainers.datasets.cluttered_digits import cluttered_digits
 from explainers.datasets.gallery import GalleryItem, load_gallery
-from explainers.images import content_hash, read_image
+from explainers.images import content_hash, read_image, reduce
+from explainers.layer_readout import check_layer_readout
 from explainers.models import EMBEDDED, LoadedModel, load_model
 from explainers.params import LAYER
+from explainers.relevance import check_supported as check_relevance
+from explainers.relevance import supports as supports_relevance
 from explainers.render import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
 from explainers.reviews import data_dir
 
@@ -64,14 +70,22 @@ PAGES: dict[str, str] = {
 }
 #: Analyses (captures) kept in memory across all sessions.
 CAPTURE_CACHE_ENTRIES = 16
+#: Largest upload (MB), images and weight files alike; larger weight files are put in the data folder's
+#: ``weights/`` by the operator. ``server.maxUploadSize`` in ``.streamlit/config.toml`` must match.
+MAX_UPLOAD_MB = 25
 #: Largest seed of a generated digit.
 MAX_DIGIT_SEED = 2**31 - 1
 #: The compatibility table of timm families written by ``scripts/compatibility.py`` (one row per family).
 COMPATIBILITY_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compatibility.csv"
+#: A method expected to take longer than this (seconds per image, on the current model) runs only when
+#: the user asks; the others are computed at once.
+SLOW_SECONDS = 1.0
+#: Maps kept in memory across all sessions (a slow method is computed once per capture and parameters).
+MAP_CACHE_ENTRIES = 64
 
 _VIEW_KEY, _SCENE_KEY, _NOTICES_KEY, _STARTED_KEY = "_view", "_scene", "_notices", "_started"
+_SECOND_SCENE_KEY = "_second_scene"
 _UPLOAD_HASH = re.compile(r"[0-9a-f]{16}")
-_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 def _discard_methods() -> tuple[str, ...]:
@@ -103,8 +117,32 @@ OPTIONS: dict[str, Param] = {
         Param("summary", str, next(iter(MAP_SUMMARIES)), "Summary of the map plotted against the ratio.",
               choices=tuple(MAP_SUMMARIES)),
         Param("review", int, None, "Review open on the review board.", low=1, optional=True),
+        Param("patch", int, None, "Patch whose attention is shown (row-major index in the patch grid).",
+              low=0, optional=True),
     )
 }
+#: URL keys of the second model slot → ModelSlot field.
+SECOND_SLOT_KEYS = {"model2": "model", "weights2": "weights", "device2": "device"}
+
+
+@dataclass(frozen=True)
+class ModelSlot:
+    """One model of a view, as a value: equal slots share the cached model and every capture.
+
+    Attributes:
+        model: ``"embedded"`` or a timm model name (the architecture of ``weights`` when given).
+        weights: path of a local weight file on the server, or None for the model's own weights.
+        device: "cpu", "cuda" or "mps".
+    """
+
+    model: str = EMBEDDED
+    weights: str | None = None
+    device: str = "cpu"
+
+    @property
+    def label(self) -> str:
+        """The model as people name it: its spec, and the weight file's name when there is one."""
+        return self.model if self.weights is None else f"{self.model} ({Path(self.weights).name})"
 
 
 @dataclass(frozen=True)
@@ -124,6 +162,8 @@ class ViewState:
         methods: explainers shown side by side; None: all registered ones.
         params: explainer → parameter → value, only values that differ from the declared defaults.
         options: :data:`OPTIONS` name → value, only values that differ from the defaults.
+        second: the second model compared with the first (same image, parameters and class by name), or
+            None. ``model``, ``weights`` and ``device`` are the first slot's.
     """
 
     page: str = "compare"
@@ -136,6 +176,18 @@ class ViewState:
     methods: tuple[str, ...] | None = None
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    second: ModelSlot | None = None
+
+    @property
+    def first(self) -> ModelSlot:
+        return ModelSlot(self.model, self.weights, self.device)
+
+    def with_slot(self, index: int, slot: ModelSlot | None) -> ViewState:
+        """This view with model slot ``index`` (0 or 1) set; the second slot may be None (one model)."""
+        if index == 0:
+            assert slot is not None, "the first model slot is always filled"
+            return replace(self, model=slot.model, weights=slot.weights, device=slot.device)
+        return replace(self, second=slot)
 
     def option(self, name: str) -> Any:
         """The value of a display or page option (its default unless set)."""
@@ -172,6 +224,9 @@ class ViewState:
             query["reference"] = self.reference
         if self.methods is not None:
             query["methods"] = ",".join(self.methods)
+        if self.second is not None:
+            slot = {key: getattr(self.second, name) for key, name in SECOND_SLOT_KEYS.items()}
+            query.update({key: value for key, value in slot.items() if value})
         query.update({name: _format(value) for name, value in self.options.items()})
         for method, values in self.params.items():
             query.update({f"{method}.{name}": _format(value) for name, value in values.items()})
@@ -188,18 +243,29 @@ class ViewState:
         fields: dict[str, Any] = {}
         params: dict[str, dict[str, Any]] = {}
         options: dict[str, Any] = {}
+        second: dict[str, str] = {}
         for key, text in query.items():
             try:
-                if "." in key:
+                if key in SECOND_SLOT_KEYS:
+                    second[SECOND_SLOT_KEYS[key]] = _parse_field(SECOND_SLOT_KEYS[key], text)
+                elif "." in key:
                     method, name = key.split(".", 1)
                     params.setdefault(method, {})[name] = _parse_param(method, name, text)
                 elif key in OPTIONS:
                     options[key] = _parse_value(OPTIONS[key], text)
                 else:
                     fields[key] = _parse_field(key, text)
+                    if key == "methods" and len(set(fields[key])) < len(fields[key]):
+                        fields[key] = tuple(dict.fromkeys(fields[key]))
+                        problems.append(f"Link parameter methods={text!r}: each explainer is shown once, "
+                                        f"as {','.join(fields[key])}.")
             except ValueError as error:
                 problems.append(f"Link parameter {key}={text!r} ignored: {error}.")
-        return cls(**fields, params=params, options=options), problems
+        if second and "model" not in second:
+            problems.append("Link parameters weights2/device2 ignored: the second model needs model2.")
+            second = {}
+        slot = ModelSlot(**second) if second else None
+        return cls(**fields, params=params, options=options, second=slot), problems
 
     def validated(self, dims: Mapping[str, int]) -> tuple[ViewState, list[str]]:
         """This view with every value checked against a model's ``dims`` (``num_layers``, ``num_heads``,
@@ -341,8 +407,10 @@ def _file_stamp(weights: str | None) -> tuple[float, int] | None:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _load_model(spec: str, device: str, weights: str | None, stamp: tuple[float, int] | None) -> LoadedModel:
-    return load_model(spec, device, weights)
+def _load_model(
+    spec: str, device: str, weights: str | None, stamp: tuple[float, int] | None, max_params: int
+) -> LoadedModel:
+    return load_model(spec, device, weights, max_params=max_params)
 
 
 @st.cache_resource(show_spinner=False)
@@ -365,8 +433,20 @@ def supported_timm_models(path: Path = COMPATIBILITY_CSV) -> dict[str, str]:
 
 
 def get_model(spec: str, device: str, weights: str | None) -> LoadedModel:
-    """The model, loaded once per (spec, device, weights file and its version); ``ValueError`` if it fails."""
-    return _load_model(spec, device, weights, _file_stamp(weights))
+    """The model, loaded once per (spec, device, weights file and its version); ``ValueError`` if it fails.
+
+    What a visitor may load is the server's :class:`~explainers.access.VisitorPolicy`: weights from the
+    allowed folders only (``weights`` relative to the data folder, or absolute), architectures up to its
+    size; the file is checked against the architecture before anything is built.
+    """
+    policy = VisitorPolicy.from_env()
+    path = None if weights is None else str(policy.weights_path(weights))
+    return _load_model(policy.model_spec(spec), device, path, _file_stamp(path), policy.max_params)
+
+
+def load_slot(slot: ModelSlot) -> LoadedModel:
+    """The (cached) model of a slot; ``ValueError`` if it cannot be loaded."""
+    return get_model(slot.model, slot.device, slot.weights)
 
 
 @dataclass(frozen=True, eq=False)
@@ -438,11 +518,20 @@ def get_image(ref: str) -> ImageRecord:
     if not path.is_file():
         raise ValueError(f"The uploaded image {value} is not on this server (uploads are kept in "
                          f"{uploads_dir()}).")
-    return _record(ref, read_image(path.read_bytes()), f"uploaded image {value}")
+    return _record(ref, reduce(read_image(path.read_bytes())), f"uploaded image {value}")  # file kept as is
+
+
+def _check_upload_size(data: bytes, what: str) -> None:
+    """The app's own check of :data:`MAX_UPLOAD_MB` (the server refuses larger requests first, with
+    ``server.maxUploadSize`` in ``.streamlit/config.toml``; this holds whatever the server is set to)."""
+    if len(data) > MAX_UPLOAD_MB * 2**20:
+        size = len(data) / 2**20
+        raise ValueError(f"The {what} is {size:.1f} MB; uploads are limited to {MAX_UPLOAD_MB} MB.")
 
 
 def store_upload(data: bytes) -> str:
     """Check an uploaded image, keep its bytes under their content hash and return its reference."""
+    _check_upload_size(data, "image")
     read_image(data)
     sha = content_hash(data)
     _keep(uploads_dir() / sha, data)
@@ -450,13 +539,15 @@ def store_upload(data: bytes) -> str:
 
 
 def store_weights(data: bytes, filename: str) -> str:
-    """Keep an uploaded weight file under its content hash (with its suffix) and return its path."""
+    """Keep an uploaded weight file under its content hash (with its suffix) and return its path in the
+    data folder (``weights/<hash>.safetensors``: links name no server path)."""
+    _check_upload_size(data, "weight file")
     suffix = Path(filename).suffix.lower()
-    if suffix not in _WEIGHT_SUFFIXES:
-        raise ValueError(f"{filename}: weights must be a {', '.join(_WEIGHT_SUFFIXES)} file.")
-    path = data_dir() / "weights" / f"{content_hash(data)}{suffix}"
-    _keep(path, data)
-    return str(path)
+    if suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(f"{filename}: weights must be a {', '.join(WEIGHT_SUFFIXES)} file.")
+    name = f"weights/{content_hash(data)}{suffix}"
+    _keep(data_dir() / name, data)
+    return name
 
 
 def _keep(path: Path, data: bytes) -> None:
@@ -518,13 +609,20 @@ def _analyse(
     start = time.perf_counter()
     tensor = _model.preprocess(_record.image)
     images = tensor[None].to(_model.device)
+    relevance = supports_relevance(_model.model)  # LRP methods read it; other readouts are refused there
     if has_head(_model):
-        capture = explainers.capture(_model.model, images, target)
+        try:  # one capture for every method: with LeGrad's per-layer readouts where the model has them
+            check_layer_readout(_model.model)
+            layer_gradients = True
+        except ValueError:
+            layer_gradients = False
+        capture = explainers.capture(_model.model, images, target, relevance=relevance,
+                                     layer_gradients=layer_gradients)
     elif _reference is None:
         capture = explainers.capture(_model.model, images, gradients=False, logits=False)
-    else:
+    else:  # LeGrad's per-layer readouts explain a class logit, not a similarity
         reference = explainers.SimilarityTarget(_model.preprocess(_reference.image)[None].to(_model.device))
-        capture = explainers.capture(_model.model, images, reference)
+        capture = explainers.capture(_model.model, images, reference, relevance=relevance)
     seconds = time.perf_counter() - start
     box = None if _record.box is None else _box_in_view(_model, _record.image.size, _record.box)
     probabilities = None if capture.logits is None else capture.logits[0].float().softmax(-1).cpu().numpy()
@@ -649,9 +747,37 @@ class Scene:
     def class_name(self, index: int) -> str:
         return self.model.class_names[index]
 
+    @property
+    def label(self) -> str:
+        return ModelSlot(self.model.spec, self.model.weights, self.model.device).label
 
-def set_scene(scene: Scene) -> None:
+    @property
+    def region(self) -> tuple[float, float, float, float]:
+        """The part of the image (its pixels) the model sees: :func:`~explainers.alignment.input_region`."""
+        return input_region(self.model.preprocess, self.image.image.size)
+
+    def on_image_grid(self, relevance: torch.Tensor) -> np.ndarray:
+        """A map of this model on the image's own pixel grid, NaN where the model saw nothing."""
+        return to_image_grid(relevance, self.region, self.image.image.size)
+
+
+def matching_target(first: Scene, model: LoadedModel) -> int | None:
+    """The class of ``model`` with the name of the class ``first`` explains, or None (its own prediction)."""
+    if first.target is None:  # a headless first model explains no class
+        return None
+    name = first.class_name(first.target)
+    return model.class_names.index(name) if name in model.class_names else None
+
+
+def image_on_grid(record: ImageRecord) -> np.ndarray:
+    """The image resized to its comparison grid (:func:`explainers.alignment.image_grid`), uint8 RGB."""
+    return np.asarray(record.image.resize(image_grid(record.image.size), Image.Resampling.BILINEAR))
+
+
+def set_scene(scene: Scene, second: Scene | None = None) -> None:
+    """Keep this run's scene of each model slot (``second``: None with one model)."""
     st.session_state[_SCENE_KEY] = scene
+    st.session_state[_SECOND_SCENE_KEY] = second
 
 
 def scene() -> Scene:
@@ -659,25 +785,113 @@ def scene() -> Scene:
     return st.session_state[_SCENE_KEY]
 
 
-def explainer_params(method: str, **overrides: Any) -> dict[str, Any]:
-    """Validated parameters of ``method`` for the current view and model, with ``overrides`` applied."""
+def second_scene() -> Scene | None:
+    """The second model's scene of this run (same image; same class by name where it knows it), or None."""
+    return st.session_state.get(_SECOND_SCENE_KEY)
+
+
+def explainer_params(method: str, *, for_scene: Scene | None = None, **overrides: Any) -> dict[str, Any]:
+    """Validated parameters of ``method`` for the current view and the model of ``for_scene`` (default:
+    the first model's scene), with ``overrides`` applied."""
     values = {**view().explainer_params(method), **overrides}
-    return get_explainer(method).validate(values, scene().dims)
+    return get_explainer(method).validate(values, (for_scene or scene()).dims)
 
 
-def compute_maps(methods: list[str], **overrides: Any) -> dict[str, torch.Tensor]:
-    """``(gh, gw)`` map of each method for the current scene and view (tensor maths on the cached capture).
+class _MapStore:
+    """Maps of slow methods by (analysis, method, parameters), the newest :data:`MAP_CACHE_ENTRIES`, and
+    the last measured time per image of every method on each model. Shared by all sessions: a lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.maps: dict[tuple, torch.Tensor] = {}
+        self.seconds: dict[tuple, float] = {}
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        with self.lock:
+            return self.maps.get(key)
+
+    def measured(self, model_key: tuple) -> float | None:
+        with self.lock:
+            return self.seconds.get(model_key)
+
+    def put(self, key: tuple | None, relevance: torch.Tensor, model_key: tuple, seconds: float) -> None:
+        """Record the time; keep the map too unless ``key`` is None."""
+        with self.lock:
+            self.seconds[model_key] = seconds
+            if key is not None:
+                self.maps[key] = relevance
+                while len(self.maps) > MAP_CACHE_ENTRIES:
+                    del self.maps[next(iter(self.maps))]
+
+
+@st.cache_resource(show_spinner=False)
+def _map_store() -> _MapStore:
+    return _MapStore()
+
+
+def _map_key(method: str, params: Mapping[str, Any], at: Scene) -> tuple:
+    return at.analysis.key, method, tuple(sorted(params.items()))
+
+
+def expected_seconds(method: str, for_scene: Scene | None = None) -> float:
+    """Time per image of ``method`` on the current model: as last measured here, else the estimate its
+    declared :class:`~explainers.registry.Cost` gives from the capture's own time."""
+    at = for_scene or scene()
+    analysis = at.analysis
+    measured = _map_store().measured((analysis.key[:4], method))
+    if measured is not None:
+        return measured
+    dims = {**at.dims, "num_tokens": analysis.capture.layout.num_tokens}
+    return get_explainer(method).cost.estimate_seconds(dims, analysis.seconds)
+
+
+def waits_for_request(method: str, *, for_scene: Scene | None = None, **overrides: Any) -> bool:
+    """True for a slow method (over :data:`SLOW_SECONDS`) whose map for this view is not computed yet."""
+    at = for_scene or scene()
+    if expected_seconds(method, at) <= SLOW_SECONDS:
+        return False
+    return _map_store().get(_map_key(method, _params(method, overrides, at), at)) is None
+
+
+def _params(method: str, overrides: Mapping[str, Any], at: Scene) -> dict[str, Any]:
+    declared = {p.name for p in get_explainer(method).params}
+    return explainer_params(method, for_scene=at, **{k: v for k, v in overrides.items() if k in declared})
+
+
+def compute_maps(
+    methods: list[str], *, for_scene: Scene | None = None, **overrides: Any
+) -> dict[str, torch.Tensor]:
+    """``(gh, gw)`` map of each method for a scene (default: the first model's) and the current view:
+    tensor maths on the cached capture.
+
+    The time taken is kept; so is the map of a slow method (over :data:`SLOW_SECONDS`), for this capture
+    and these parameters.
 
     ``overrides`` apply to the methods that declare them (e.g. ``head_fusion="max"``).
     """
-    capture = scene().capture
+    at = for_scene or scene()
+    analysis, store = at.analysis, _map_store()
     maps = {}
     for method in methods:
         explainer = get_explainer(method)
-        if explainer.needs_gradients and capture.gradients is None:
+        if explainer.needs_gradients and analysis.capture.gradients is None:
             raise ValueError(f"{explainer.label} explains a score: this model has no classifier, so choose a "
                              "reference image in the sidebar and it explains the similarity to it.")
-        declared = {p.name for p in explainer.params}
-        params = explainer_params(method, **{k: v for k, v in overrides.items() if k in declared})
-        maps[method] = explainers.compute(capture, method, **params)[0]
+        if explainer.needs_relevance and analysis.capture.relevance is None:
+            check_relevance(at.model.model)  # the model's own reason, when it has one
+        if explainer.cost.layer_backwards and analysis.capture.layer_gradients is None:
+            check_layer_readout(at.model.model)
+            if at.headless:
+                raise ValueError(f"{explainer.label} explains a class logit through the model's head, not a "
+                                 "similarity: this model has no classifier.")
+        params = _params(method, overrides, at)
+        key = _map_key(method, params, at)
+        relevance = store.get(key)
+        if relevance is None:
+            keep = expected_seconds(method, at) > SLOW_SECONDS
+            start = time.perf_counter()
+            relevance = explainers.compute(analysis.capture, method, **params)[0]
+            seconds = time.perf_counter() - start
+            store.put(key if keep else None, relevance, (analysis.key[:4], method), seconds)
+        maps[method] = relevance
     return maps

@@ -10,7 +10,7 @@ import streamlit as st
 import torch
 
 from dashboard import state
-from explainers import Param, get_explainer
+from explainers import Param, get_explainer, progress
 from explainers.render import draw_box, grid_map, overlay
 
 T = TypeVar("T")
@@ -33,6 +33,15 @@ def controlled(widget: Callable[..., T], key: str, value: Any, **kwargs: Any) ->
     result = widget(key=key, **kwargs)
     reported[key] = result
     return result
+
+
+def newly_reported(key: str, value: Any) -> bool:
+    """True when an event widget (a chart selection) reports ``value`` for the first time: the view then
+    follows it once, and a selection left on the chart never overrides a view changed elsewhere since."""
+    reported = st.session_state.setdefault(_REPORTED, {})
+    new = key in reported and reported[key] != value
+    reported[key] = value
+    return new
 
 
 def label_of(param: Param) -> str:
@@ -99,6 +108,40 @@ def option_control(
                            format_func=format_func, container=container)
     state.commit(view.with_option(name, chosen, dims))
     return param.validate(chosen, dims)
+
+
+def cost_text(method: str) -> str:
+    """The passes ``method`` needs on the current model and its expected time per image."""
+    scene = state.scene()
+    dims = {**scene.dims, "num_tokens": scene.capture.layout.num_tokens}
+    explainer = get_explainer(method)
+    seconds = state.expected_seconds(method)
+    timing = f"{seconds:.1f} s" if seconds >= 0.1 else f"{max(seconds * 1000, 0.1):.1f} ms"
+    passes = explainer.cost.describe(explainer.needs_gradients, dims)
+    return f"Cost: {passes} · about {timing} per image after the shared capture"
+
+
+def method_map(
+    method: str, container: Any = st, for_scene: state.Scene | None = None, **overrides: Any
+) -> torch.Tensor | None:
+    """The map of ``method`` for the current view, at once for a fast method; a slow one (see
+    :func:`state.waits_for_request`) waits for its button and then shows a progress bar while it runs.
+    ``None`` while it waits."""
+    if state.waits_for_request(method, for_scene=for_scene, **overrides):
+        slot = container.empty()
+        request = slot.container()
+        seconds = state.expected_seconds(method, for_scene)
+        request.info(f"{get_explainer(method).label} takes about {seconds:.0f} s on this model, so it runs "
+                     "when you ask.", icon=":material/hourglass_top:")
+        if not request.button("Compute", key=f"run.{method}", icon=":material/play_arrow:"):
+            return None
+        slot.empty()
+        bar = container.progress(0.0, text="Computing…")
+        with progress.reporting(lambda fraction: bar.progress(fraction, text=f"Computing… {fraction:.0%}")):
+            relevance = state.compute_maps([method], for_scene=for_scene, **overrides)[method]
+        bar.empty()
+        return relevance
+    return state.compute_maps([method], for_scene=for_scene, **overrides)[method]
 
 
 def overlay_image(relevance: torch.Tensor, *, box: bool = True) -> np.ndarray:

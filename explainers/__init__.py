@@ -6,6 +6,7 @@
 >>> maps = explainers.compute(cap, "gae")                                   # milliseconds
 """
 
+from . import progress
 from .capture import Capture, capture
 from .compute import compute, explain
 from .layout import READOUTS, ModelDescription, TokenLayout, describe_model
@@ -30,5 +31,6 @@ __all__ = [
     "get_explainer",
     "list_explainers",
     "load_model",
+    "progress",
     "register",
 ]

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from .capture import Capture
 
 FUSIONS = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}
+#: Rows shorter than this are partitioned whole; longer ones select from a sample's bracket first.
+SAMPLED_SELECT_MIN = 4096
 
 
 def fuse_heads(attention: torch.Tensor, how: str, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -28,43 +30,52 @@ def kth_smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     """The ``k``-th smallest value (1-based) of each row of ``values`` ``(R, M)``, shape ``(R, 1)``, and
     the surplus ``#{entries ≤ it} - k`` per row ``(R,)`` (non-zero only when it is tied).
 
-    On the CPU NumPy's introselect (``np.partition``) is about eight times faster than ``torch.kthvalue``,
-    but twenty times slower when the ``k``-th value falls in a long run of equal values. The run that
-    occurs in attention maps is zeros (a ReLU or an earlier discard), so a row of non-negative values
-    with at least ``k`` zeros is answered by 0 and only the other rows are partitioned.
+    On a GPU ``torch.kthvalue``; on the CPU :func:`_kth_row` for each row (NumPy, exact, several times
+    faster).
     """
     if values.device.type != "cpu":
         threshold = values.kthvalue(k, dim=1, keepdim=True).values
         return threshold, (values <= threshold).sum(dim=1) - k
-    threshold = torch.zeros(values.shape[0], 1, dtype=values.dtype)
-    surplus = torch.zeros(values.shape[0], dtype=torch.long)
-    zero_run = values.amin(dim=1) == 0  # non-negative rows with zeros; count them only there
-    with_zeros = _rows(zero_run)
-    zeros = torch.count_nonzero(values[with_zeros] == 0, dim=1)
-    zero_run[with_zeros] = zeros >= k
-    surplus[with_zeros] = zeros - k
-    partitioned = _rows(~zero_run)
-    rows = values[partitioned]
-    if rows.numel():
-        ordered = np.partition(rows.numpy(), k - 1, axis=1)
-        kth = ordered[:, k - 1 : k]
-        threshold[partitioned] = torch.from_numpy(kth)
-        surplus[partitioned] = torch.from_numpy(np.count_nonzero(ordered[:, k:] == kth, axis=1))
-    return threshold, surplus
+    found = [_kth_row(row, k) for row in values.detach().numpy()]
+    threshold = torch.tensor([value for value, _ in found], dtype=values.dtype)[:, None]
+    return threshold, torch.tensor([surplus for _, surplus in found], dtype=torch.long)
 
 
-def _rows(selected: torch.Tensor) -> torch.Tensor | slice:
-    """Index of the ``True`` rows: a slice when all are (no gather, no copy)."""
-    return slice(None) if bool(selected.all()) else selected.nonzero().squeeze(1)
+def _kth_row(row: np.ndarray, k: int) -> tuple[float, int]:
+    """``(k-th smallest value, #{entries ≤ it} − k)`` of one row, exactly.
 
-
-def _zero_at_or_below(rows: torch.Tensor, threshold: torch.Tensor) -> None:
-    """``rows[r, j] = 0`` wherever ``rows[r, j] ≤ threshold[r]``, in place."""
-    if rows.device.type == "cpu":  # one pass per row, three times faster than comparing then multiplying
-        for row, value in zip(rows, threshold[:, 0].tolist(), strict=True):
-            F.threshold_(row, value, 0.0)
-    else:
-        rows.mul_(rows > threshold)
+    NumPy's introselect (``np.partition``) is about eight times faster than ``torch.kthvalue`` but twenty
+    times slower when the ``k``-th value falls in a long run of equal values. The run that occurs in
+    attention maps is zeros (a ReLU or an earlier discard), so a non-negative row with at least ``k``
+    zeros is answered by 0 at once. Long rows select from a sample's bracket first (after Floyd & Rivest,
+    CACM 1975): with ``p = k/M``, the ranks ``s·p ± (4√(s·p·(1−p)) + 2)`` of an evenly strided sample of
+    ``s ≈ M^⅔`` entries bracket the answer with values ``lo ≤ hi``; one pass counts the entries below
+    ``lo`` and keeps those in ``[lo, hi]``, and only these are partitioned. If the bracket misses, the
+    whole row is partitioned, so the answer is always exact. (A whole-row introselect costs as much as
+    about fifteen passes.)
+    """
+    if row.min() == 0:
+        zeros = int(np.count_nonzero(row == 0))
+        if zeros >= k:
+            return 0.0, zeros - k
+    size = row.size
+    if size >= SAMPLED_SELECT_MIN:
+        sample = row[:: max(1, round(size ** (1 / 3)))]
+        fraction = k / size  # the answer's rank in a sample is about s·p, with deviation √(s·p·(1−p))
+        position = (k - 0.5) * sample.size / size
+        margin = 4.0 * (sample.size * fraction * (1.0 - fraction)) ** 0.5 + 2.0
+        low_rank = int(min(max(position - margin, 0), sample.size - 1))
+        high_rank = int(min(max(position + margin, 0), sample.size - 1))
+        bracket = np.partition(sample, (low_rank, high_rank))
+        low, high = bracket[low_rank], bracket[high_rank]
+        below = int(np.count_nonzero(row < low))
+        inside = row[(row >= low) & (row <= high)]
+        rank = k - below  # the answer's rank among the entries inside the bracket (1-based)
+        if 1 <= rank <= inside.size:
+            value = np.partition(inside, rank - 1)[rank - 1]
+            return float(value), below + int(np.count_nonzero(inside <= value)) - k
+    ordered = np.partition(row, k - 1)
+    return float(ordered[k - 1]), int(np.count_nonzero(ordered[k:] == ordered[k - 1]))
 
 
 def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int | None = 0) -> torch.Tensor:
@@ -77,35 +88,62 @@ def discard_lowest_(fused: torch.Tensor, ratio: float, keep_index: int | None = 
     the threshold are dropped in row-major order until exactly that many entries are zero.
     (vit-explain ranked the whole flattened matrix, spared only entry (0, 0), and applied it to the
     first image of a batch only.) Returns ``fused``; callers pass a fresh fused matrix, so no copy of it
-    is made.
+    is made. On the CPU each image is one NumPy selection and one in-place pass (``F.threshold_``): a
+    handful of calls, as an image at a time is what the dashboard recomputes.
     """
-    batch, n, _ = fused.shape
+    n = fused.shape[-1]
     count = int(ratio * (n if keep_index is None else n - 1) ** 2)
     if count == 0:
         return fused
-    if keep_index is None:
-        _discard_rows_(fused.view(batch, -1), count)
+    if fused.device.type == "cpu":
+        work = fused.detach().contiguous()  # the same memory unless a strided view was passed
+        for matrix in work:
+            _discard_image_(matrix, count, keep_index)
+        if work.data_ptr() != fused.data_ptr():
+            fused.copy_(work)
         return fused
-    cls_row, cls_column = fused[:, keep_index, :].clone(), fused[:, :, keep_index].clone()
-    fused[:, keep_index, :] = torch.inf  # out of reach of the ranking
-    fused[:, :, keep_index] = torch.inf
-    _discard_rows_(fused.view(batch, -1), count)
-    fused[:, keep_index, :] = cls_row
-    fused[:, :, keep_index] = cls_column
+    return _discard_batched_(fused, count, keep_index)
+
+
+def _discard_batched_(fused: torch.Tensor, count: int, keep_index: int | None) -> torch.Tensor:
+    """:func:`discard_lowest_` as whole-batch tensor operations (the GPU's way), in place."""
+    batch = fused.shape[0]
+    if keep_index is not None:
+        cls_row, cls_column = fused[:, keep_index, :].clone(), fused[:, :, keep_index].clone()
+        fused[:, keep_index, :] = torch.inf  # out of reach of the ranking
+        fused[:, :, keep_index] = torch.inf
+    ranked = fused.view(batch, -1)
+    threshold, surplus = kth_smallest(ranked, count)
+    tied_rows = (surplus > 0) & (threshold[:, 0] != 0)  # tied zeros are zero whether dropped or not
+    spared = None
+    if bool(tied_rows.any()):  # of the entries tied at the threshold, the last `surplus` stay
+        tied = ranked[tied_rows] == threshold[tied_rows]  # before any entry is zeroed
+        spared = tied & (tied.cumsum(dim=1) > tied.sum(dim=1, keepdim=True) - surplus[tied_rows, None])
+    ranked.mul_(ranked > threshold)
+    if spared is not None:
+        ranked[tied_rows] = torch.where(spared, threshold[tied_rows], ranked[tied_rows])
+    if keep_index is not None:
+        fused[:, keep_index, :] = cls_row
+        fused[:, :, keep_index] = cls_column
     return fused
 
 
-def _discard_rows_(ranked: torch.Tensor, count: int) -> None:
-    """Zero the ``count`` smallest entries of each row of ``ranked`` ``(B, M)`` in place (ties: last stay)."""
-    threshold, surplus = kth_smallest(ranked, count)
-    tied_rows = _rows((surplus > 0) & (threshold[:, 0] != 0))  # tied zeros are zero whether dropped or not
-    spared = None
-    if surplus[tied_rows].numel():  # of the entries tied at the threshold, the last `surplus` stay
-        tied = ranked[tied_rows] == threshold[tied_rows]  # before any entry is zeroed
-        spared = tied & (tied.cumsum(dim=1) > tied.sum(dim=1, keepdim=True) - surplus[tied_rows, None])
-    _zero_at_or_below(ranked, threshold)
-    if spared is not None:
-        ranked[tied_rows] = torch.where(spared, threshold[tied_rows], ranked[tied_rows])
+def _discard_image_(matrix: torch.Tensor, count: int, keep_index: int | None) -> None:
+    """:func:`discard_lowest_` of one CPU matrix ``(N, N)``, in place."""
+    array = matrix.numpy()
+    if keep_index is not None:
+        cls_row, cls_column = array[keep_index].copy(), array[:, keep_index].copy()
+        array[keep_index] = np.inf  # out of reach of the ranking
+        array[:, keep_index] = np.inf
+    flat = array.reshape(-1)
+    threshold, surplus = _kth_row(flat, count)
+    spared = np.flatnonzero(flat == threshold)[-surplus:] if surplus > 0 and threshold != 0 else None
+    F.threshold_(matrix.view(-1), threshold, 0.0)  # x ≤ threshold → 0, one pass
+    if spared is not None:  # of the entries tied at the threshold, the last `surplus` stay
+        flat[spared] = threshold
+    if keep_index is not None:
+        array[keep_index] = cls_row
+        array[:, keep_index] = cls_column
 
 
 def readout_row(

@@ -15,8 +15,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .layer_readout import check_layer_readout, forward_with_block_tokens, layer_readout_gradients
 from .layout import ModelDescription, TokenLayout, describe_model
-from .recorder import AttentionRecorder, ForwardStopped
+from .recorder import ActivationRecorder, AttentionRecorder, ForwardStopped
+from .relevance import Relevance, check_supported, propagate, watch_list
 from .targets import SimilarityTarget, pooled_embedding
 
 Target = int | Sequence[int] | torch.Tensor | SimilarityTarget | None
@@ -41,6 +43,11 @@ class Capture:
         pool_gradient: ``∂y/∂pool_attention``, paired with it; ``None`` without gradients or pool.
         scores: the explained score of each image ``(B,)``: the target logit ``y_t``, or the cosine
             similarity for a :class:`~explainers.SimilarityTarget`; ``None`` without logits.
+        layer_gradients: per block, ``∂s_l/∂A_l`` ``(B, H, N, N)``, ``s_l`` the target score read from block
+            ``l``'s own tokens through the final norm and head (see :mod:`explainers.layer_readout`);
+            ``None`` unless captured with ``layer_gradients=True``.
+        relevance: LRP relevance of the attention maps and input tokens for ``targets``
+            (:mod:`explainers.relevance`); ``None`` unless captured with ``relevance=True``.
     """
 
     attentions: tuple[torch.Tensor, ...]
@@ -48,9 +55,11 @@ class Capture:
     logits: torch.Tensor | None
     targets: torch.Tensor | None
     layout: TokenLayout
+    relevance: Relevance | None = None
     pool_attention: torch.Tensor | None = None
     pool_gradient: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    layer_gradients: tuple[torch.Tensor, ...] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -75,8 +84,10 @@ class Capture:
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.attentions, *(self.gradients or ()), self.logits, self.targets]
-        tensors += [self.pool_attention, self.pool_gradient, self.scores]
+        tensors = [*self.attentions, *(self.gradients or ()), *(self.layer_gradients or ())]
+        tensors += [self.logits, self.targets, self.pool_attention, self.pool_gradient, self.scores]
+        if self.relevance is not None:
+            tensors += [*self.relevance.attention, self.relevance.tokens]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def upto(self, stop: int) -> Capture:
@@ -85,7 +96,12 @@ class Capture:
         if not 1 <= stop <= self.num_layers:
             raise ValueError(f"stop must be in 1..{self.num_layers}, got {stop}")
         grads = None if self.gradients is None else self.gradients[:stop]
-        return replace(self, attentions=self.attentions[:stop], gradients=grads)
+        layer_grads = None if self.layer_gradients is None else self.layer_gradients[:stop]
+        rel = self.relevance
+        if rel is not None:  # the token relevance is the whole model's: blocks after ``stop`` shaped it
+            rel = replace(rel, attention=rel.attention[:stop])
+        return replace(self, attentions=self.attentions[:stop], gradients=grads, relevance=rel,
+                       layer_gradients=layer_grads)
 
     def subset(self, index: int | slice | Sequence[int]) -> Capture:
         """The capture of some images of the batch (no copy for an int or a slice)."""
@@ -100,15 +116,20 @@ class Capture:
         def pick_all(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
             return None if tensors is None else tuple(t[index] for t in tensors)
 
+        rel = self.relevance
         return replace(
             self,
             attentions=pick_all(self.attentions),
             gradients=pick_all(self.gradients),
+            layer_gradients=pick_all(self.layer_gradients),
             logits=pick(self.logits),
             targets=pick(self.targets),
             pool_attention=pick(self.pool_attention),
             pool_gradient=pick(self.pool_gradient),
             scores=pick(self.scores),
+            relevance=None
+            if rel is None
+            else Relevance(pick_all(rel.attention), pick(rel.tokens), pick(rel.position)),
         )
 
 
@@ -174,7 +195,9 @@ def capture(
     *,
     gradients: bool = True,
     logits: bool = True,
+    layer_gradients: bool = False,
     dtype: torch.dtype | None = None,
+    relevance: bool = False,
 ) -> Capture:
     """Run ``model`` once on ``images`` and keep what the explainers need.
 
@@ -195,8 +218,16 @@ def capture(
             (``rollout``, ``raw_attention``) read: it saves the rest of the network (the last MLP and the
             head, about 6% of a ViT-Ti/16 forward's FLOPs) and works on headless backbones. The
             capture's ``logits`` is then ``None``, and so is ``targets`` unless ``target`` is given.
+        layer_gradients: also compute, for every block ``l``, ``∂s_l/∂A_l`` with ``s_l`` the target score
+            read from block ``l``'s tokens through the final norm and head (LeGrad; see
+            :mod:`explainers.layer_readout`): one small backward pass per block. Off by default, so the
+            forward pass is ``model(images)`` itself and other methods pay nothing for it.
         dtype: store attention and gradients in this dtype (e.g. ``torch.float16`` to halve the memory of
             large models); explainers compute in float32 whatever the storage.
+        relevance: also propagate LRP relevance from each target back through the network
+            (:mod:`explainers.relevance`; needed by ``lrp``, ``partial_lrp``, ``transformer_attribution``).
+            The same forward pass records the activations the rules read; the propagation is tensor
+            maths after it, with no autograd. Class-token models only.
 
     The model is not modified in any way (see :mod:`explainers.recorder`), so this is safe to call from
     many threads on one shared model. CaiT's maps are laid out on all ``N = 1 + P`` tokens (see
@@ -205,9 +236,24 @@ def capture(
     images = _check_images(model, images)
     description = describe_model(model, tuple(images.shape[-2:]))
     layout = description.layout
-    if gradients and not logits:
-        raise ValueError("gradients need the logits: capture with logits=True (the default)")
+    for asked, what in ((gradients or layer_gradients, "gradients need"), (relevance, "relevance needs")):
+        if asked and not logits:
+            raise ValueError(f"{what} the logits: capture with logits=True (the default)")
+    if relevance:
+        check_supported(model)
+        if layout.class_attention_from is not None:
+            raise ValueError(
+                "relevance propagation (lrp, partial_lrp, transformer_attribution) does not cover CaiT's "
+                "class-attention blocks: use rollout, grad_rollout, gae or raw_attention"
+            )
+    if layer_gradients:
+        check_layer_readout(model)
     similarity = target if isinstance(target, SimilarityTarget) else None
+    if layer_gradients and similarity is not None:
+        raise ValueError(
+            "per-layer readouts (LeGrad) explain a class logit read through the model's head, not a "
+            "similarity: explain a headless model with grad_rollout, gae or rollout instead"
+        )
     num_classes = int(getattr(model, "num_classes", 0))
     if num_classes <= 0 and similarity is None and (logits or target is not None):
         raise ValueError(
@@ -227,12 +273,20 @@ def capture(
 
     pooled = layout.readout == "attention_pool"
     expected = description.num_layers + pooled
-    output = None
-    with torch.set_grad_enabled(gradients), AttentionRecorder(None if logits else expected) as recorder:
-        if gradients:
+    output, tokens = None, None
+    if relevance:  # the same pass also keeps the activations the LRP rules read
+        recorder = ActivationRecorder(watch_list(model))
+    else:
+        recorder = AttentionRecorder(None if logits else expected)
+    with_grad = gradients or layer_gradients
+    with torch.set_grad_enabled(with_grad), recorder:
+        if with_grad:
             images = images.detach().requires_grad_(True)
         with suppress(ForwardStopped):
-            output = model(images) if similarity is None else pooled_embedding(model, images)
+            if layer_gradients:
+                output, tokens = forward_with_block_tokens(model, images)
+            else:
+                output = model(images) if similarity is None else pooled_embedding(model, images)
     maps = recorder.attentions
     _check_maps(maps, description, expected)
 
@@ -245,11 +299,17 @@ def capture(
                 targets = output.detach().argmax(dim=-1)
             scores = output.gather(1, targets[:, None])[:, 0]
     store = dtype or maps[0].dtype
+    layer_grads = None
+    if layer_gradients:
+        layer_grads = tuple(g.to(store) for g in layer_readout_gradients(model, tokens, maps, targets))
     grads = None
     if gradients:
         grads = torch.autograd.grad(scores.sum(), maps)  # images are independent: Σ_b y_b
     attentions, pool = _lay_out(tuple(a.detach() for a in maps), layout, pooled, store)
     gradients_out, pool_gradient = (None, None) if grads is None else _lay_out(grads, layout, pooled, store)
+    lrp = None
+    if relevance:  # check_supported: a class-token ViT, so the recorded maps are the block maps as they are
+        lrp = propagate(model, recorder.inputs, recorder.outputs, maps, targets).to(store)
     return Capture(
         attentions=attentions,
         gradients=gradients_out,
@@ -259,6 +319,8 @@ def capture(
         pool_attention=pool,
         pool_gradient=pool_gradient,
         scores=None if scores is None else scores.detach(),
+        relevance=lrp,
+        layer_gradients=layer_grads,
     )
 
 

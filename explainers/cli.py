@@ -12,36 +12,37 @@ is printed as one ``error:`` line and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from tqdm import tqdm
 
+from . import statistics
 from .capture import capture, model_dims
 from .compute import compute
+from .distributed import LOCAL, RayEvaluation
 from .evaluate import (
-    KEY_COLUMNS,
     METRICS,
     TARGETS,
     Evaluation,
     Sample,
     cluttered_samples,
-    folder_samples,
-    image_files,
     summary_table,
 )
+from .inputs import image_files, image_items, load_samples
 from .metrics.perturbation import BASELINES
 from .models import LoadedModel, load_model
-from .registry import Param, get_explainer, list_explainers
+from .registry import Param, capture_options, get_explainer, list_explainers
 from .render import overlay
+from .results import ResultStore, read_results, result_format
 from .reviews.export import FORMATS, write_exports
 from .reviews.store import DB_NAME, ReviewStore, default_path
 
@@ -52,7 +53,9 @@ def _add_common(parser: argparse.ArgumentParser, images_help: str) -> None:
     parser.add_argument("--model", default="embedded", help="'embedded' (default) or a timm model name")
     parser.add_argument("--weights", help="local .safetensors/.pth/.pt weights for --model")
     parser.add_argument("--images", required=True, help=images_help)
-    parser.add_argument("--methods", default="all", help="comma-separated explainers, or 'all' (default)")
+    names = ", ".join(list_explainers())
+    parser.add_argument("--methods", default="all",
+                        help=f"comma-separated explainers ({names}), or 'all' (default)")
     parser.add_argument(
         "--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
         help="an explainer parameter, e.g. rollout.discard_ratio=0.9 (repeatable; 'none' leaves one unset)",
@@ -62,23 +65,42 @@ def _add_common(parser: argparse.ArgumentParser, images_help: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the cluttered:N images (default: 0)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is "
                         "often faster on a busy machine)")
+    parser.add_argument("--labels", type=Path, metavar="FILE.csv",
+                        help="labels of a flat folder: a CSV with columns path,label (paths relative to "
+                        "--images; labels: class names, WordNet ids for ImageNet models, or class indices)")
+    parser.add_argument("--readers", type=int, default=2,
+                        help="processes reading and decoding the images of a folder (default: %(default)s; "
+                        "0 reads in the main process)")
 
 
 def add_evaluate(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="score explainers: perturbation, localisation, sanity, agreement → CSV",
-        description="Score explainers on a set of images; one CSV row per (image, method), written as it is "
-        "computed. Rerun with the same --out to resume an interrupted run.",
+        description="Score explainers on a set of images; one row per (image, method), written as it is "
+        "computed. Rerun with the same --out to resume an interrupted run: rows already written are never "
+        "computed again.",
     )
-    _add_common(parser, "a folder of images, or cluttered:N: N held-out cluttered digits with ground truth")
+    _add_common(parser, "a folder of images (one sub-folder per class names the labels: ImageFolder), or "
+                "cluttered:N: N held-out cluttered digits with ground truth")
     parser.add_argument("--out", required=True, type=Path,
-                        help="CSV file of results, numbers to 7 significant digits (resumed if it exists)")
+                        help="results: *.csv (one file, numbers to 7 significant digits) or *.parquet (a "
+                        "folder of part files); resumed if it exists")
     parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated (default: %(default)s)")
-    parser.add_argument("--baseline", default="black", choices=BASELINES, help="value of removed pixels")
-    parser.add_argument("--target", default="predicted", choices=TARGETS, help="class explained")
+    parser.add_argument("--baseline", default="black", choices=BASELINES,
+                        help="what removed pixels become: black, the training mean, a blur of the image, or "
+                        "road (noisy linear imputation from the neighbours) (default: %(default)s)")
+    parser.add_argument("--target", default="predicted", choices=TARGETS,
+                        help="class explained: the model's prediction or the image's label (Chefer et al. "
+                        "report both) (default: %(default)s)")
     parser.add_argument("--topk", type=float, default=0.1, help="top share of patches for IoU (default 0.1)")
     parser.add_argument("--step", type=int, default=10,
                         help="perturbation step in %% of the patches: 0, step, … ≤ 90%% (default 10)")
+    parser.add_argument("--ray", nargs="?", const=LOCAL, metavar="ADDRESS",
+                        help="run on Ray workers, one model each: alone, on a local Ray instance started for "
+                        "the run; 'auto' or HOST:PORT joins a cluster (needs the [distributed] extra)")
+    parser.add_argument("--workers", type=int,
+                        help="Ray workers (default: one per GPU of the cluster with --device cuda, else one "
+                        "per --threads CPUs); each uses --threads torch threads (default 1)")
     parser.set_defaults(run=run_evaluate)
 
 
@@ -163,135 +185,95 @@ def _typed(param: Param, text: str) -> Any:
         raise ValueError(f"{param.name} must be {param.kind.__name__}, got {text!r}") from None
 
 
-def image_source(images: str) -> int | Path:
+def image_source(images: str, labels: Path | None = None) -> int | Path:
     """``--images``: the N of ``cluttered:N``, or a folder holding images; checked before the model loads."""
     if images.startswith(CLUTTERED):
         count = images[len(CLUTTERED) :]
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"--images {images!r}: expected cluttered:N with N a positive whole number")
+        if labels is not None:
+            raise ValueError("--labels goes with a folder of images; cluttered:N digits have their labels")
         return int(count)
-    image_files(images)
+    if labels is None:
+        image_files(images)
+    elif not labels.is_file():
+        raise ValueError(f"--labels {str(labels)!r} does not exist")
     return Path(images)
 
 
 def load_images(
-    loaded: LoadedModel, source: int | Path, seed: int, skipped: list[tuple[str, str]]
+    loaded: LoadedModel, source: int | Path, args: argparse.Namespace, skipped: list[tuple[str, str]],
+    finished: Collection[str] = (),
 ) -> tuple[Iterator[Sample], int]:
-    """Samples of an :func:`image_source` and their number (unreadable files are added to ``skipped``)."""
-    if isinstance(source, int):
-        return cluttered_samples(loaded, source, seed), source
-    return folder_samples(loaded, source, skipped), len(image_files(source))
+    """Samples of an :func:`image_source` and their number (unreadable files are added to ``skipped``).
 
-
-class Progress:
-    """A plain-text progress bar on stderr: redrawn in place on a terminal, a line every 10 s otherwise."""
-
-    def __init__(self, total: int, label: str, start: int = 0, stream: TextIO | None = None) -> None:
-        self.total, self.label, self.count, self.stream = total, label, start, stream or sys.stderr
-        self.first, self.started, self.shown = start, time.monotonic(), 0.0
-        self.tty = self.stream.isatty()
-
-    def advance(self, step: int = 1) -> None:
-        self.count += step
-        now = time.monotonic()
-        if self.tty or now - self.shown >= 10 or self.count >= self.total:
-            self.shown = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        share = self.count / max(self.total, 1)
-        rate = (self.count - self.first) / max(now - self.started, 1e-9)
-        eta = (self.total - self.count) / rate if rate > 0 else float("nan")
-        bar = "#" * int(share * 30)
-        text = f"{self.label} [{bar:<30}] {self.count}/{self.total} images {rate:.1f}/s eta {eta:.0f}s"
-        self.stream.write(("\r" + text) if self.tty else text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-
-
-def read_done(path: Path, evaluation: Evaluation) -> set[tuple[str, ...]]:
-    """Keys of the rows already in ``path`` (a CSV of an earlier run of the same settings), or an error.
-
-    A last line cut short by an interruption is removed, so the file stays a valid CSV.
+    A folder's images are read by ``--readers`` processes (:func:`explainers.inputs.load_samples`); how
+    their labels were found is printed on stderr. Files whose id is in ``finished`` (every row stored) are
+    not read at all, so resuming a large run does not decode what it will not evaluate.
     """
-    if not path.exists() or path.stat().st_size == 0:
-        return set()
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        with path.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        if header != evaluation.columns:
-            raise ValueError(
-                f"{path} holds results with other columns (other methods, metrics or model): "
-                "choose another --out, or delete the file to start again"
-            )
-        done = set()
-        for values in reader:
-            row = dict(zip(header, values, strict=False))
-            key = tuple(row.get(c, "") for c in KEY_COLUMNS)
-            method = row.get("method", "")
-            if method in evaluation.methods and key != evaluation.key(row["image_id"], method):
-                raise ValueError(
-                    f"{path} holds {method} rows computed with other settings ({', '.join(key[2:])}): "
-                    "choose another --out, or use the same parameters, baseline and target"
-                )
-            done.add(key)
-    return done
+    if isinstance(source, int):
+        return cluttered_samples(loaded, source, args.seed), source
+    items, how = image_items(loaded, source, args.labels)
+    print(f"{len(items)} images, {how}", file=sys.stderr)
+    pending = [item for item in items if item.id not in finished]
+    return load_samples(loaded, pending, skipped, workers=args.readers), len(items)
+
+
+def progress(total: int, label: str, initial: int = 0) -> tqdm:
+    """A progress bar of ``total`` images on stderr (redrawn in place on a terminal, every 10 s otherwise)."""
+    interval = 0.1 if sys.stderr.isatty() else 10.0
+    return tqdm(total=total, initial=initial, desc=label, unit="image", file=sys.stderr, mininterval=interval,
+                dynamic_ncols=True)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods, args.param)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    source = image_source(args.images)
-    loaded = load_model(args.model, device=args.device, weights=args.weights)
+    source = image_source(args.images, args.labels)
+    result_format(args.out)
+    if args.workers is not None and args.ray is None:
+        raise ValueError("--workers sets the number of Ray workers: add --ray")
+    # With Ray the driver's model only checks the settings and preprocesses; the workers load their own.
+    loaded = load_model(args.model, device="cpu" if args.ray else args.device, weights=args.weights)
     evaluation = Evaluation(
         loaded, methods, metrics=metrics, baseline=args.baseline, target=args.target, topk=args.topk,
         step=args.step, batch_size=args.batch_size,
     )
-    done = read_done(args.out, evaluation)
+    runner: contextlib.AbstractContextManager = contextlib.nullcontext(evaluation)
+    if args.ray is not None:
+        runner = RayEvaluation(evaluation, device=args.device, address=args.ray, workers=args.workers,
+                               threads=args.threads or 1)
     skipped: list[tuple[str, str]] = []
-    samples, total = load_images(loaded, source, args.seed, skipped)
-    counted = {key[0] for key in done if all(evaluation.key(key[0], m) in done for m in evaluation.methods)}
-    progress = Progress(total, "evaluate", start=len(counted))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=evaluation.columns)
-        if handle.tell() == 0:
-            writer.writeheader()
-        for row in evaluation.run(samples, done):
-            writer.writerow({k: f"{v:.7g}" if isinstance(v, float) else v for k, v in row.items()})
-            handle.flush()
-            if row["image_id"] not in counted:
-                counted.add(row["image_id"])
-                progress.advance()
-    progress.close()
+    with ResultStore(args.out, evaluation) as store:
+        finished = evaluation.finished(store.done)
+        samples, total = load_images(loaded, source, args, skipped, finished)
+        with runner as engine, progress(total, "evaluate", initial=len(finished)) as bar:
+            for row in engine.run(samples, set(store.done)):
+                store.append([row])
+                finished.add(row["image_id"])
+                bar.update(len(finished) + len(skipped) - bar.n)  # skipped files count as handled
+            bar.update(len(finished) + len(skipped) - bar.n)  # files skipped after the last row
     _report_skipped(skipped)
-    frame = pd.read_csv(args.out)
+    frame = read_results(args.out)
     print(summary_table(frame).T.to_string())
+    print("\n" + statistics.report(frame))
     print(f"\n{len(frame)} rows ({frame['image_id'].nunique()} images) in {args.out}")
     return 0
 
 
 def run_explain(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods, args.param)
-    source = image_source(args.images)
+    source = image_source(args.images, args.labels)
     loaded = load_model(args.model, device=args.device, weights=args.weights)
     dims = model_dims(loaded.model)
     methods = {name: get_explainer(name).validate(params, dims) for name, params in methods.items()}
     skipped: list[tuple[str, str]] = []
-    samples, total = load_images(loaded, source, args.seed, skipped)
-    progress = Progress(total, "explain")
+    samples, total = load_images(loaded, source, args, skipped)
     index: list[dict[str, Any]] = []
-    while batch := list(islice(samples, args.batch_size)):
-        index += _explain_batch(loaded, batch, methods, args.out)
-        progress.advance(len(batch))
-    progress.close()
+    with progress(total, "explain") as bar:
+        while batch := list(islice(samples, args.batch_size)):
+            index += _explain_batch(loaded, batch, methods, args.out)
+            bar.update(len({row["image_id"] for row in index}) + len(skipped) - bar.n)
     args.out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(index, columns=INDEX_COLUMNS).to_csv(args.out / "index.csv", index=False)
     _report_skipped(skipped)
@@ -319,8 +301,7 @@ def _explain_batch(
     loaded: LoadedModel, batch: list[Sample], methods: dict[str, dict[str, Any]], out: Path
 ) -> list[dict[str, Any]]:
     """Write ``out/<image id>/<method>.png`` and ``.npy`` for one batch; their index rows."""
-    gradients = any(get_explainer(name).needs_gradients for name in methods)
-    cap = capture(loaded.model, torch.stack([s.image for s in batch]), gradients=gradients)
+    cap = capture(loaded.model, torch.stack([s.image for s in batch]), **capture_options(methods))
     maps = {name: compute(cap, name, **params).cpu().numpy() for name, params in methods.items()}
     probability = cap.logits.float().softmax(-1).gather(1, cap.targets[:, None])[:, 0].tolist()
     rows = []

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .capture import Capture, Target, capture, model_dims
-from .registry import get_explainer
+from .registry import capture_options, get_explainer
 
 
 def compute(capture: Capture, method: str, **params: Any) -> torch.Tensor:
@@ -21,11 +21,13 @@ def explain(
 ) -> torch.Tensor:
     """Maps ``(B, gh, gw)`` of ``method`` for ``images``: ``compute(capture(model, images, target), ...)``.
 
-    Parameters are checked before the model runs. A gradient method gets the full forward and backward
-    pass; a method without gradients reads the attention only, so the forward pass stops at the last
-    attention map (``capture(..., gradients=False, logits=False)``).
+    Parameters are checked before the model runs. The capture is made with what the method reads
+    (:func:`~explainers.registry.capture_options`): a gradient method gets the full forward and backward
+    pass; a method that reads the attention only gets a forward pass that stops at the last attention map
+    (``capture(..., gradients=False, logits=False)``); an LRP method gets the relevance pass
+    (``relevance=True``).
     """
     explainer = get_explainer(method)
     explainer.validate(params, model_dims(model))
-    grads = explainer.needs_gradients
-    return explainer(capture(model, images, target, gradients=grads, logits=grads), **params)
+    options = capture_options([method])
+    return explainer(capture(model, images, target, logits=any(options.values()), **options), **params)

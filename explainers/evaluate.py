@@ -1,8 +1,10 @@
 """Batched evaluation of explainers: the loop behind ``python -m explainers evaluate`` and the Evaluate page.
 
 :class:`Evaluation` checks its settings when built (so a bad method or parameter fails before any image
-is read) and :meth:`Evaluation.run` yields one flat row per (image, method) as soon as its batch is done,
-so callers can write, show, stop and resume. Per batch of images the model runs once to capture
+is read). :meth:`Evaluation.rows` turns one batch of samples into one flat row per (image, method): the
+local loop (:meth:`Evaluation.run`, which yields rows as soon as their batch is done, so callers can
+write, show, stop and resume) and the Ray workers (:mod:`explainers.distributed`) both call it, and
+:mod:`explainers.results` stores rows by their key. Per batch of images the model runs once to capture
 attention (and gradients when a method needs them); every method's map comes from that capture; then
 the metrics of :mod:`explainers.metrics` are computed for all methods at once:
 
@@ -24,7 +26,6 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations, islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,13 +36,12 @@ from PIL import Image
 from .capture import Capture, capture, model_dims
 from .compute import compute
 from .datasets.cluttered_digits import cluttered_digits
-from .images import EXTENSIONS, read_image
 from .metrics.agreement import spearman, top_k_iou
 from .metrics.localisation import mass_inside, pointing_game, topk_iou
 from .metrics.perturbation import BASELINES, CURVES, fractions_every, perturbation_curves
 from .metrics.sanity import cascading_randomisation
 from .models import LoadedModel
-from .registry import get_explainer
+from .registry import capture_options, get_explainer
 
 METRICS: tuple[str, ...] = ("perturbation", "localisation", "sanity", "agreement")
 TARGETS: tuple[str, ...] = ("predicted", "label")
@@ -50,6 +50,8 @@ KEY_COLUMNS: tuple[str, ...] = ("image_id", "method", "params", "baseline", "tar
 #: What the model made of the image: its label (if known), the class explained, the prediction, whether
 #: it is right, and the probability of the class explained.
 INFO_COLUMNS: tuple[str, ...] = ("label", "target", "predicted", "correct", "p_target")
+#: The whole-number columns (missing: ``None``); every column not a key is otherwise a float.
+INTEGER_COLUMNS: tuple[str, ...] = ("label", "target", "predicted", "correct")
 #: Score columns summarised per method → (label, whether higher is better).
 SCORES: dict[str, tuple[str, bool]] = {
     **{f"{c}_auc": (f"{curve.label} AUC", curve.higher_is_better) for c, curve in CURVES.items()},
@@ -105,33 +107,6 @@ def cluttered_samples(loaded: LoadedModel, n: int, seed: int = 0) -> Iterator[Sa
         yield to_sample(loaded, f"cluttered-s{seed}-{i:05d}", image, int(data.labels[i]), data.masks[i])
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    """The image files (by extension: png, jpg, jpeg, webp, bmp) under ``folder``, sorted; errors if none."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ValueError(f"image folder {str(folder)!r} does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in EXTENSIONS)
-    if not files:
-        raise ValueError(f"no images ({', '.join(EXTENSIONS)}) in folder {str(folder)!r}")
-    return files
-
-
-def folder_samples(
-    loaded: LoadedModel, folder: str | Path, skipped: list[tuple[str, str]]
-) -> Iterator[Sample]:
-    """Samples of the images in ``folder`` (ids: paths relative to it); unreadable files are appended to
-    ``skipped`` as ``(id, reason)`` and the iteration goes on."""
-    root = Path(folder)
-    for path in image_files(root):
-        id = path.relative_to(root).as_posix()
-        try:
-            image = read_image(path.read_bytes())
-        except (OSError, ValueError) as error:
-            skipped.append((id, str(error)))
-            continue
-        yield to_sample(loaded, id, image)
-
-
 def params_text(params: Mapping[str, Any]) -> str:
     """Parameters as one canonical string, ``name=value`` joined by ``;`` in declaration order."""
     return ";".join(f"{name}={value}" for name, value in params.items())
@@ -184,9 +159,9 @@ class Evaluation:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.fractions = fractions_every(step)
         self.loaded, self.metrics, self.baseline, self.target = loaded, tuple(metrics), baseline, target
-        self.topk, self.seed, self.batch_size = topk, seed, batch_size
+        self.topk, self.step, self.seed, self.batch_size = topk, step, seed, batch_size
         self.num_layers = dims["num_layers"]
-        self.needs_gradients = any(get_explainer(name).needs_gradients for name in self.methods)
+        self.capture_options = capture_options(self.methods)
 
     @property
     def columns(self) -> list[str]:
@@ -219,28 +194,48 @@ class Evaluation:
         self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[Capture, dict[str, torch.Tensor]]:
         """One capture of ``model`` on ``images`` and every method's maps ``(B, gh, gw)`` from it."""
-        cap = capture(model, images, targets, gradients=self.needs_gradients)
+        cap = capture(model, images, targets, **self.capture_options)
         return cap, {name: compute(cap, name, **params) for name, params in self.methods.items()}
 
     def maps(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict:
         """Every method's maps for ``targets`` (the explain function of the sanity check)."""
         return self.explain(model, images, targets)[1]
 
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this evaluation around another copy of the model
+        (``Evaluation(load_model(...), **settings)``: how a Ray worker gets the driver's settings)."""
+        return {
+            "methods": self.methods, "metrics": self.metrics, "baseline": self.baseline,
+            "target": self.target, "topk": self.topk, "step": self.step, "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
+
+    def finished(self, done: Iterable[tuple[str, ...]]) -> set[str]:
+        """The image ids of which every method's row is in ``done``."""
+        done = set(done)
+        return {key[0] for key in done if all(self.key(key[0], m) in done for m in self.methods)}
+
+    def batches(self, samples: Iterable[Sample], done: set[tuple[str, ...]]) -> Iterator[list[Sample]]:
+        """The samples with at least one row not in ``done``, in batches of ``batch_size``, read lazily."""
+        pending = (s for s in samples if any(self.key(s.id, m) not in done for m in self.methods))
+        while batch := list(islice(pending, self.batch_size)):
+            yield batch
+
     def run(
         self, samples: Iterable[Sample], done: Iterable[tuple[str, ...]] = ()
     ) -> Iterator[dict[str, Any]]:
-        """Rows (column → value, ``None`` where not applicable) for every sample and method.
+        """The local loop: :meth:`rows` of every batch of :meth:`batches`, leaving out the rows in ``done``.
 
         Rows whose :meth:`key` is in ``done`` are neither computed nor yielded (an image is skipped whole
         when all its methods are done). Rows come batch by batch, in sample then method order.
         """
         done = set(done)
-        pending = (s for s in samples if any(self.key(s.id, m) not in done for m in self.methods))
-        iterator = iter(pending)
-        while batch := list(islice(iterator, self.batch_size)):
-            for row in self._batch(batch):
-                if self.key(row["image_id"], row["method"]) not in done:
-                    yield row
+        for batch in self.batches(samples, done):
+            yield from self.new_rows(self.rows(batch), done)
+
+    def new_rows(self, rows: Iterable[dict[str, Any]], done: set[tuple[str, ...]]) -> list[dict[str, Any]]:
+        """The ``rows`` whose key is not in ``done``."""
+        return [row for row in rows if tuple(row[c] for c in KEY_COLUMNS) not in done]
 
     @torch.no_grad()
     def _scores(self, batch: list[Sample], images: torch.Tensor, cap: Capture, maps: dict) -> dict:
@@ -296,7 +291,12 @@ class Evaluation:
             full[column][:, known] = torch.from_numpy(np.stack(values))
         return full
 
-    def _batch(self, batch: list[Sample]) -> list[dict[str, Any]]:
+    def rows(self, batch: list[Sample]) -> list[dict[str, Any]]:
+        """Every row of one batch, in sample then method order: the one function behind every loop.
+
+        It depends on nothing but the settings, the model (left as found) and ``batch``, so the local loop
+        (:meth:`run`) and the Ray workers (:mod:`explainers.distributed`) compute the same rows.
+        """
         model = self.loaded.model
         device = next(model.parameters()).device
         images = torch.stack([s.image for s in batch]).to(device)

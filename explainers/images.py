@@ -11,6 +11,9 @@ or raises a ``ValueError`` whose message can be shown to a user as is:
 - transparency (RGBA, LA, PA, palette with a transparent colour) is composited on white;
 - CMYK, palette, greyscale and 1-bit images are converted to RGB, through the embedded ICC profile
   when there is one.
+
+``reduce(image)`` shrinks an image to what the models and the overlays need (a server keeps that in
+memory, not a 40-megapixel original).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
 EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp")
 #: Default pixel cap: 40 megapixels (a 40 MP RGBA image decodes to 160 MB).
 MAX_PIXELS = 40_000_000
+#: What :func:`reduce` keeps: a shorter side of at most 1024 px (every timm ViT resizes the shorter side
+#: to at most ~600 px before its centre crop) and at most 4 megapixels (12 MB as RGB) for long strips.
+REDUCED_SIDE, REDUCED_PIXELS = 1024, 4_000_000
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
@@ -95,3 +101,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # a broken or mismatched profile: fall back to Pillow's plain conversion
     return image.convert("RGB")
+
+
+def reduce(image: Image.Image, *, side: int = REDUCED_SIDE, pixels: int = REDUCED_PIXELS) -> Image.Image:
+    """``image`` scaled down, aspect ratio kept, so that its shorter side is at most ``side`` and it has
+    at most ``pixels`` pixels (Lanczos, after a box reduction for large factors); smaller images are
+    returned as they are."""
+    width, height = image.size
+    scale = min(1.0, side / min(width, height), (pixels / (width * height)) ** 0.5)
+    if scale == 1.0:
+        return image
+    size = (max(1, int(width * scale)), max(1, int(height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)

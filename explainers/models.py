@@ -4,13 +4,18 @@ Hugging Face ``transformers`` classifiers (``"hf:<folder or hub id>"``, :mod:`ex
 Every model comes back with timm's own data config (``timm.data.resolve_model_data_config``) and eval
 transform, so input size, interpolation, mean and std always come from the model's ``pretrained_cfg``.
 Weight files are read without executing code: safetensors, or ``torch.load(..., weights_only=True)``.
+Their tensor names and shapes (the safetensors header, or a memory-mapped state dict) are checked
+against a shape-only copy of the architecture on the ``meta`` device before the model is built, so a
+file that does not fit, or an architecture above ``max_params``, costs no memory and no time.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
+import struct
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -31,6 +36,11 @@ HF_PREFIX = "hf:"
 EMBEDDED_DIR = Path(__file__).with_name("embedded")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 HUB_PROBE_TIMEOUT_S = 3.0
+#: Largest safetensors header read (the safetensors library's own limit).
+MAX_HEADER_BYTES = 100_000_000
+#: Bytes per element of each safetensors dtype.
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+                      "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 class ModelLoadError(ValueError):
@@ -81,7 +91,11 @@ def available_devices() -> list[str]:
 
 
 def load_model(
-    spec: str = EMBEDDED, device: str = "cpu", weights: str | os.PathLike | None = None
+    spec: str = EMBEDDED,
+    device: str = "cpu",
+    weights: str | os.PathLike | None = None,
+    *,
+    max_params: int | None = None,
 ) -> LoadedModel:
     """Load a model in eval mode on ``device``; no caching, every call builds a new model.
 
@@ -91,6 +105,10 @@ def load_model(
     weights: a local ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` state dict (possibly nested under
         "model" or "state_dict"); the classifier size follows the file. For a timm name, None means the
         pretrained weights from the hub or its cache; offline and not cached fails within seconds.
+    max_params: refuse architectures with more parameters than this (checked before anything is built
+        or downloaded); None: no limit.
+
+    Every failure, of any kind, is a :class:`ModelLoadError` whose message names the problem.
     """
     try:
         kind = torch.device(device).type
@@ -98,36 +116,48 @@ def load_model(
         kind = device
     if kind not in available_devices():
         raise ModelLoadError(f"Device {device!r} is not available here; choose one of {available_devices()}.")
-    if spec.startswith(HF_PREFIX):
-        return _hugging_face(spec, device, weights)
-    if spec == EMBEDDED:
-        model, class_names = _embedded(weights)
-    elif weights is not None:
-        model = _timm_from_file(spec, Path(weights))
-        class_names = _class_names(model)
-    else:
-        model = _timm_from_hub(spec)
-        class_names = _class_names(model)
-    data_config = timm.data.resolve_model_data_config(model)
+    try:
+        if spec.startswith(HF_PREFIX):
+            return _hugging_face(spec, device, weights, max_params)
+        if spec == EMBEDDED:
+            model, class_names = _embedded(weights, max_params)
+        elif weights is not None:
+            model = _timm_from_file(spec, Path(weights), max_params)
+            class_names = _class_names(model)
+        else:
+            _timm_cfg(spec)
+            if max_params is not None:
+                params = _meta_state(lambda: timm.create_model(spec, pretrained=False))[1]
+                _check_size(spec, params, max_params)
+            model = _timm_from_hub(spec)
+            class_names = _class_names(model)
+        data_config = timm.data.resolve_model_data_config(model)
+        model = model.eval().to(device)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # anything else a model, a file or a device can raise: still a message
+        raise ModelLoadError(f"{spec} cannot be loaded on {device}: {_first_line(error)}.") from error
     return LoadedModel(
         spec=spec,
         device=device,
         weights=None if weights is None else str(weights),
-        model=model.eval().to(device),
+        model=model,
         preprocess=Preprocess(data_config),
         class_names=class_names,
         data_config=data_config,
     )
 
 
-def _hugging_face(spec: str, device: str, weights: str | os.PathLike | None) -> LoadedModel:
+def _hugging_face(
+    spec: str, device: str, weights: str | os.PathLike | None, max_params: int | None
+) -> LoadedModel:
     from .sources import hf
 
     if weights is not None:
         raise ModelLoadError(
             f"{spec} takes its weights from its folder or hub repository; weights= is only for timm models."
         )
-    model, preprocess, data_config = hf.load(spec[len(HF_PREFIX) :])
+    model, preprocess, data_config = hf.load(spec[len(HF_PREFIX) :], max_params)
     return LoadedModel(
         spec=spec,
         device=device,
@@ -139,15 +169,20 @@ def _hugging_face(spec: str, device: str, weights: str | os.PathLike | None) -> 
     )
 
 
-def _embedded(weights: str | os.PathLike | None) -> tuple[torch.nn.Module, tuple[str, ...]]:
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+
+
+def _embedded(
+    weights: str | os.PathLike | None, max_params: int | None
+) -> tuple[torch.nn.Module, tuple[str, ...]]:
     config = json.loads((EMBEDDED_DIR / "config.json").read_text())
-    model = VisionTransformer(**config["model_args"])
+    path = Path(weights) if weights is not None else EMBEDDED_DIR / "model.safetensors"
+    model = _build_checked(EMBEDDED, lambda: VisionTransformer(**config["model_args"]), path, max_params)
     cfg = dict(config["pretrained_cfg"])
     cfg["input_size"] = tuple(cfg["input_size"])
     cfg["mean"], cfg["std"] = tuple(cfg["mean"]), tuple(cfg["std"])
     model.pretrained_cfg = cfg
-    path = Path(weights) if weights is not None else EMBEDDED_DIR / "model.safetensors"
-    _load_strict(model, read_state_dict(path), EMBEDDED)
     return model, tuple(config["class_names"])
 
 
@@ -159,22 +194,92 @@ def _class_names(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(f"class {i}" for i in range(getattr(model, "num_classes", 0)))
 
 
+def _unreadable(path: Path, reason: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{path.name} cannot be read as a weight file ({reason}): it is corrupt, truncated or not a "
+        "safetensors file. Save it again with safetensors.torch.save_file(model.state_dict(), path)."
+    )
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape from a safetensors header, checked for consistency with the file's size.
+
+    The format: an 8-byte little-endian header length n, n bytes of JSON ``{name: {dtype, shape,
+    data_offsets: [begin, end]}}`` (plus an optional ``__metadata__``), then the tensors' bytes, which the
+    offsets must tile exactly.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise _unreadable(path, "shorter than a safetensors header")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise _unreadable(path, "its header length does not fit the file")
+        try:
+            entries = json.loads(file.read(length))
+        except (UnicodeDecodeError, ValueError):
+            raise _unreadable(path, "its header is not valid JSON") from None
+    if not isinstance(entries, dict):
+        raise _unreadable(path, "its header is not a table of tensors")
+    entries.pop("__metadata__", None)
+    shapes, spans = {}, []
+    for name, entry in entries.items():
+        try:
+            shape = tuple(entry["shape"])
+            begin, end = entry["data_offsets"]
+            valid = (
+                all(isinstance(d, int) and d >= 0 for d in (*shape, begin, end))
+                and end - begin == math.prod(shape) * SAFETENSORS_DTYPES[entry["dtype"]]
+            )
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise _unreadable(path, f"the header entry of tensor {name!r} is malformed")
+        shapes[name] = shape
+        spans.append((begin, end))
+    covered = 0
+    for begin, end in sorted(spans):
+        if begin != covered:
+            raise _unreadable(path, "its tensors overlap or leave gaps")
+        covered = end
+    if covered != size - 8 - length:
+        raise _unreadable(path, f"its tensors need {covered:,} bytes, the file holds {size - 8 - length:,}")
+    return shapes
+
+
+def weight_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape of a weight file, without reading the tensors (safetensors header; a PyTorch
+    file is memory-mapped)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors" and path.is_file():
+        return _safetensors_shapes(path)
+    return {name: tuple(tensor.shape) for name, tensor in read_state_dict(path).items()}
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weight file, never executing code from it; nested "model"/"state_dict" unwrapped."""
+    """Tensors of a weight file, never executing code from it; nested "model"/"state_dict" unwrapped.
+
+    A PyTorch zip file is memory-mapped: its tensors are read when they are used.
+    """
     if not path.is_file():
         raise ModelLoadError(f"Weight file {str(path)!r} does not exist.")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        state = load_file(path)
+        _safetensors_shapes(path)
+        try:
+            state = load_file(path)
+        except Exception as error:  # safetensors' own checks (SafetensorError), or the disk
+            raise _unreadable(path, _first_line(error)) from error
     elif suffix in TORCH_SUFFIXES:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_load(path)
         except Exception as error:
             raise ModelLoadError(
                 f"{path.name} cannot be loaded safely: it is not a plain PyTorch state dict, and reading it "
                 "would need to run code stored in the file (pickle), which is refused. Save the weights with "
                 "torch.save(model.state_dict(), path) or, better, safetensors.torch.save_file."
-                f" ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+                f" ({_first_line(error)})"
             ) from error
     else:
         raise ModelLoadError(
@@ -189,12 +294,38 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], spec: str) -> None:
-    """Load ``state`` into ``model``; any missing, unexpected or misshapen key is a clear error."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    misshapen = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only``; memory-mapped unless the file has the legacy (non-zip) format."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "zip" not in str(error).lower():
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _meta_state(build: Callable[[], torch.nn.Module]) -> tuple[dict[str, tuple[int, ...]], int]:
+    """State-dict shapes and parameter count of the model ``build`` makes, built on the ``meta`` device
+    (shapes only: no memory, no initialisation)."""
+    with torch.device("meta"):
+        model = build()
+    shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    return shapes, sum(p.numel() for p in model.parameters())
+
+
+def _check_size(spec: str, params: int, max_params: int | None) -> None:
+    if max_params is not None and params > max_params:
+        raise ModelLoadError(
+            f"{spec} has {params / 1e6:.1f} M parameters, more than the {max_params / 1e6:.1f} M this "
+            "server allows; choose a smaller model."
+        )
+
+
+def _check_fit(own: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], spec: str) -> None:
+    """Any missing, unexpected or misshapen key of a file (``found``) for a model (``own``): a clear error."""
+    missing = sorted(set(own) - set(found))
+    unexpected = sorted(set(found) - set(own))
+    misshapen = sorted(k for k in set(own) & set(found) if tuple(own[k]) != tuple(found[k]))
     if missing or unexpected or misshapen:
         problems = []
         for name, keys in (("missing", missing), ("unexpected", unexpected)):
@@ -203,14 +334,26 @@ def _load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], spec
         if misshapen:
             k = misshapen[0]
             problems.append(
-                f"{len(misshapen)} with another shape (e.g. {k}: file {tuple(state[k].shape)}, "
-                f"model {tuple(own[k].shape)})"
+                f"{len(misshapen)} with another shape (e.g. {k}: file {tuple(found[k])}, "
+                f"model {tuple(own[k])})"
             )
         raise ModelLoadError(
             f"The weights do not fit {spec}: {'; '.join(problems)} keys. Check that the file was saved from "
             f"this architecture (model.state_dict() of timm's {spec})."
         )
-    model.load_state_dict(state)
+
+
+def _build_checked(
+    spec: str, build: Callable[[], torch.nn.Module], path: Path, max_params: int | None
+) -> torch.nn.Module:
+    """The model ``build`` makes with the weights of ``path``, once the file's header and the architecture's
+    shapes (and size) are known to fit: a file that does not fit builds nothing."""
+    own, params = _meta_state(build)
+    _check_size(spec, params, max_params)
+    _check_fit(own, weight_shapes(path), spec)
+    model = build()
+    model.load_state_dict(read_state_dict(path))
+    return model
 
 
 def _timm_cfg(spec: str) -> timm.models.PretrainedCfg | None:
@@ -227,25 +370,24 @@ def _timm_cfg(spec: str) -> timm.models.PretrainedCfg | None:
         raise ModelLoadError(f"{spec!r} has an unknown pretrained tag; known ones: {known}.") from error
 
 
-def _classifier_size(cfg: timm.models.PretrainedCfg | None, state: Mapping[str, torch.Tensor]) -> int | None:
+def _classifier_size(
+    cfg: timm.models.PretrainedCfg | None, shapes: Mapping[str, tuple[int, ...]]
+) -> int | None:
     """Number of classes of the file's classifier; 0 when it has none, None if unknown."""
     classifier = getattr(cfg, "classifier", None) or "head"
     if isinstance(classifier, (list, tuple)):
         classifier = classifier[0]
-    weight = state.get(f"{classifier}.weight")
-    if weight is not None:
-        return int(weight.shape[0])
-    return 0 if not any(k.startswith(f"{classifier}.") for k in state) else None
+    weight = shapes.get(f"{classifier}.weight")
+    if weight:
+        return int(weight[0])
+    return 0 if not any(k.startswith(f"{classifier}.") for k in shapes) else None
 
 
-def _timm_from_file(spec: str, path: Path) -> torch.nn.Module:
+def _timm_from_file(spec: str, path: Path, max_params: int | None) -> torch.nn.Module:
     cfg = _timm_cfg(spec)
-    state = read_state_dict(path)
-    num_classes = _classifier_size(cfg, state)
+    num_classes = _classifier_size(cfg, weight_shapes(path))
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    model = timm.create_model(spec, pretrained=False, **kwargs)
-    _load_strict(model, state, spec)
-    return model
+    return _build_checked(spec, lambda: timm.create_model(spec, pretrained=False, **kwargs), path, max_params)
 
 
 def _hub_offline() -> bool:

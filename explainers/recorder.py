@@ -121,3 +121,35 @@ class AttentionRecorder(TorchFunctionMode):
         for h in range(heads):
             out[:, :, h] = torch.bmm(attn[h], value[:, h])
         return out.transpose(1, 2)
+
+
+class ActivationRecorder(AttentionRecorder):
+    """An :class:`AttentionRecorder` that also keeps the inputs and outputs of chosen layers.
+
+    ``watch`` maps a layer's weight tensor (by ``id``) to a name; every ``F.linear``, ``F.layer_norm``
+    or ``F.conv2d`` call made with that weight on this thread stores its input in ``inputs[name]`` and
+    its output in ``outputs[name]``. The layers are recognised by their parameters, so no hook is
+    registered and the model is left as found (relevance propagation reads these activations).
+    """
+
+    def __init__(self, watch: dict[int, str], stop_after: int | None = None) -> None:
+        super().__init__(stop_after)
+        self.watch = watch
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func not in _WEIGHTED:
+            return super().__torch_function__(func, types, args, kwargs)
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        position = _WEIGHTED[func]
+        weight = kwargs.get("weight", args[position] if len(args) > position else None)
+        name = self.watch.get(id(weight))
+        if name is not None:
+            self.inputs[name] = kwargs.get("input", args[0] if args else None)
+            self.outputs[name] = out
+        return out
+
+
+_WEIGHTED = {F.linear: 1, F.conv2d: 1, F.layer_norm: 2}  # position of the weight argument

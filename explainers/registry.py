@@ -10,7 +10,7 @@ living in another package, a module that calls :func:`register` and is named in 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,54 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """What a method needs from the model besides reading the capture, per image.
+
+    Every method needs the capture's one forward pass (stopped at the last attention map when it reads
+    nothing else) and, with ``needs_gradients``, its one backward pass from the target logit. On top:
+
+    Attributes:
+        layer_backwards: one partial backward per block, from the target score read at that block's
+            tokens back to its attention (``capture(layer_gradients=True)``; LeGrad).
+        lrp_passes: relevance (LRP) passes through the whole model.
+        max_flows: one maximum flow per token through the layered attention graph (``L·N²`` edges);
+            this is the one cost that grows faster than a forward pass (about ``N³L``).
+    """
+
+    layer_backwards: bool = False
+    lrp_passes: int = 0
+    max_flows: bool = False
+
+    #: Rough time of one max-flow per graph edge on a 2-core CPU (SciPy's Dinic; deit_tiny: 197 flows on
+    #: 12·197² edges in about 3.4 s), for a first estimate before a method has been timed on a model.
+    SECONDS_PER_FLOW_EDGE = 3.7e-8
+
+    def describe(self, needs_gradients: bool, dims: Mapping[str, int]) -> str:
+        """The passes in words for a model with these ``dims`` (``num_layers``, ``num_tokens``)."""
+        parts = ["forward" if needs_gradients or self.layer_backwards else "forward to the last attention"]
+        if needs_gradients:
+            parts.append("backward")
+        if self.layer_backwards:
+            parts.append(f"{dims['num_layers']} partial backwards (one per block)")
+        if self.lrp_passes:
+            parts.append(f"{self.lrp_passes} LRP pass" + ("es" if self.lrp_passes > 1 else ""))
+        if self.max_flows:
+            n = dims["num_tokens"]
+            parts.append(f"{n} max-flows on {dims['num_layers']}·{n}² edges")
+        return " + ".join(parts)
+
+    def estimate_seconds(self, dims: Mapping[str, int], pass_seconds: float) -> float:
+        """A first guess of the time per image beyond the capture (which already holds the per-layer
+        readouts when asked for them), from ``pass_seconds`` (one forward and backward on this model) and
+        :attr:`SECONDS_PER_FLOW_EDGE`; measure to know."""
+        seconds = pass_seconds * self.lrp_passes
+        if self.max_flows:
+            n = dims["num_tokens"]
+            seconds += self.SECONDS_PER_FLOW_EDGE * n * dims["num_layers"] * n * n
+        return seconds
+
+
+@dataclass(frozen=True)
 class Explainer:
     """A registered method: call it on a :class:`Capture` to get ``(B, gh, gw)`` maps."""
 
@@ -108,6 +156,8 @@ class Explainer:
     needs_gradients: bool
     params: tuple[Param, ...]
     reference: str
+    needs_relevance: bool = False
+    cost: Cost = Cost()
 
     @property
     def description(self) -> str:
@@ -133,6 +183,16 @@ class Explainer:
             raise ValueError(
                 f"{self.name} needs gradients but this capture has none: capture with gradients=True"
             )
+        if self.cost.layer_backwards and capture.layer_gradients is None:
+            raise ValueError(
+                f"{self.name} needs per-layer readout gradients but this capture has none: capture with "
+                "layer_gradients=True"
+            )
+        if self.needs_relevance and capture.relevance is None:
+            raise ValueError(
+                f"{self.name} needs LRP relevance but this capture has none: capture with relevance=True "
+                "(class-token ViTs only)"
+            )
         relevance = self.fn(capture, **values)
         return capture.layout.to_grid(relevance.float())
 
@@ -147,6 +207,8 @@ def register(
     needs_gradients: bool,
     params: tuple[Param, ...] = (),
     reference: str = "",
+    needs_relevance: bool = False,
+    cost: Cost = Cost(),
 ) -> Callable[[ExplainerFn], ExplainerFn]:
     """Class-free registration: ``@register("rollout", label=..., needs_gradients=False, params=(...))``.
 
@@ -157,13 +219,19 @@ def register(
     ``needs_gradients=True``: the method reads ``capture.gradients`` (taken for ``capture.targets``).
     ``needs_gradients=False``: it reads only ``capture.attentions`` and ``capture.layout``, so
     :func:`explainers.explain` stops the forward pass at the last attention map and gives it a capture
-    without logits.
+    without logits. ``needs_relevance=True``: it reads ``capture.relevance`` (LRP, see
+    :mod:`explainers.relevance`), which the capture computes only when asked (``relevance=True``).
+
+    ``cost``: the passes the method needs beyond the capture (:class:`Cost`; the default: none). With
+    ``cost.layer_backwards`` the method reads ``capture.layer_gradients``.
     """
 
     def decorate(fn: ExplainerFn) -> ExplainerFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"an explainer named {name!r} is already registered")
-        _REGISTRY[name] = Explainer(name, label, fn, needs_gradients, tuple(params), reference)
+        _REGISTRY[name] = Explainer(
+            name, label, fn, needs_gradients, tuple(params), reference, needs_relevance, cost
+        )
         return fn
 
     return decorate
@@ -183,6 +251,16 @@ def method_label(name: str) -> str:
     """The registered label of a method, or its name if no such method is registered here."""
     _load_methods()
     return _REGISTRY[name].label if name in _REGISTRY else name
+
+
+def capture_options(methods: Iterable[str]) -> dict[str, bool]:
+    """The :func:`~explainers.capture` flags that give every one of ``methods`` what it reads."""
+    explainers = [get_explainer(name) for name in methods]
+    return {
+        "gradients": any(e.needs_gradients for e in explainers),
+        "layer_gradients": any(e.cost.layer_backwards for e in explainers),
+        "relevance": any(e.needs_relevance for e in explainers),
+    }
 
 
 def get_explainer(name: str) -> Explainer:

@@ -70,12 +70,45 @@ def overlay(
     opacity: float = 0.5,
     colormap: str = "inferno",
 ) -> np.ndarray:
-    """The map over the image: ``(1 - opacity) · image + opacity · colour(map)``, ``uint8 (H, W, 3)``."""
+    """The map over the image: ``(1 - opacity) · image + opacity · colour(map)``, ``uint8 (H, W, 3)``.
+
+    NaN cells of the map (parts of the image a model never saw) leave the image as it is.
+    """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     image = _check_image(image)
     heat = colorize(upsample(relevance, image.shape[:2]), colormap)
-    return cv2.addWeighted(image, 1.0 - opacity, heat, opacity, 0.0)
+    return _keep_unseen(image, as_numpy(relevance), cv2.addWeighted(image, 1.0 - opacity, heat, opacity, 0.0))
+
+
+def diverging_overlay(image: np.ndarray, values: np.ndarray, *, opacity: float = 0.8) -> np.ndarray:
+    """Signed values ``d`` in [−1, 1] ``(h, w)`` over the image: red where ``d > 0``, blue where ``d < 0``,
+    each blended in with weight ``opacity · |d|`` (the image shows through where ``d = 0``); NaN left out.
+
+    For differences between two maps, e.g. :func:`explainers.alignment.difference`.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    image = _check_image(image)
+    height, width = image.shape[:2]
+    values = np.asarray(values, dtype=np.float32)
+    signed = cv2.resize(np.clip(np.nan_to_num(values), -1.0, 1.0), (width, height),
+                        interpolation=cv2.INTER_LINEAR)[..., None]
+    red, blue = np.array((230, 30, 40), dtype=np.float32), np.array((40, 110, 255), dtype=np.float32)
+    weight = opacity * np.abs(signed)
+    colour = np.where(signed >= 0, red, blue)
+    blended = np.round(image * (1.0 - weight) + colour * weight).astype(np.uint8)
+    return _keep_unseen(image, values, blended)
+
+
+def _keep_unseen(image: np.ndarray, relevance: np.ndarray, blended: np.ndarray) -> np.ndarray:
+    """``blended`` with the image's own pixels back wherever the map is NaN."""
+    unseen = ~np.isfinite(relevance)
+    if unseen.any():
+        height, width = image.shape[:2]
+        mask = cv2.resize(unseen.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        blended[mask] = image[mask]
+    return blended
 
 
 def grid_map(

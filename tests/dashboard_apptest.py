@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,9 @@ def problems(app: AppTest) -> list[str]:
 
 
 def messages(app: AppTest) -> str:
-    """All error and warning texts, main area and sidebar."""
-    return "\n".join(str(e.value) for e in [*app.error, *app.warning])
+    """All error and warning texts, main area and sidebar, as they read on the page (Markdown escapes
+    removed)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", "\n".join(str(e.value) for e in [*app.error, *app.warning]))
 
 
 def images(app: AppTest) -> list[str]:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from explainers import cli
 from explainers.evaluate import Evaluation
+from explainers.registry import list_explainers
 from tests.test_evaluate import tiny_loaded
 
 METHODS = "rollout,gae"
@@ -36,7 +37,7 @@ def test_evaluate_writes_a_valid_csv(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert frame["positive_auc"].between(0, 0.9).all() and frame["mass_inside"].notna().all()
     captured = capsys.readouterr()
     assert "Pointing game" in captured.out and "6 rows (3 images)" in captured.out
-    assert "3/3 images" in captured.err
+    assert "| 3/3 [" in captured.err.rsplit("\r", 1)[-1]  # the bar's last state: every image done
 
 
 def test_a_rerun_resumes_and_an_interrupted_row_is_redone(tmp_path: Path) -> None:
@@ -79,6 +80,26 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path: Path, capsys: pytest
     assert sorted(pd.read_csv(out)["image_id"].unique()) == ["a.png", "b.png"]
     err = capsys.readouterr().err
     assert "skipped 1 unreadable file(s)" in err and "c.jpg" in err
+    assert "| 3/3 [" in err  # the skipped file counts as handled: the bar ends full
+
+
+def test_a_resumed_folder_run_reads_only_the_images_not_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, value in (("a.png", 0), ("b.png", 255)):
+        Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(folder / name)
+    out = tmp_path / "results.parquet"
+    assert evaluate(out, str(folder)) == 0
+    (folder / "a.png").write_bytes(b"not an image any more")  # skipped and listed, were it read again
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "c.png")
+    capsys.readouterr()
+    assert evaluate(out, str(folder)) == 0
+    err = capsys.readouterr().err
+    assert "skipped" not in err and "| 3/3 [" in err
+    frame = pd.read_parquet(out)
+    assert sorted(frame["image_id"]) == ["a.png", "a.png", "b.png", "b.png", "c.png", "c.png"]
 
 
 @pytest.mark.parametrize(
@@ -135,3 +156,38 @@ def test_explain_writes_overlays_and_raw_maps(tmp_path: Path, capsys: pytest.Cap
             assert picture.size == (64, 64) and picture.mode == "RGB"
     assert (out / "nested" / "grey" / "gae.npy").exists()
     assert "bad.png" in capsys.readouterr().err
+
+
+def test_image_folder_labels_the_label_target_and_chefers_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for name, value in (("3/a.png", 0), ("3/b.png", 90), ("7/c.png", 255)):
+        (tmp_path / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(tmp_path / "images" / name)
+    out = tmp_path / "results.csv"
+    assert evaluate(out, str(tmp_path / "images"), "--target", "label", "--readers", "2") == 0
+    frame = pd.read_csv(out)
+    labels = dict(zip(frame["image_id"], frame["label"], strict=True))
+    assert labels == {"3/a.png": 3, "3/b.png": 3, "7/c.png": 7}
+    assert (frame["target"] == frame["label"]).all() and (frame["target_mode"] == "label").all()
+    captured = capsys.readouterr()
+    assert "labels from the 2 class folders" in captured.err
+    assert "Chefer et al. 2021 Table 1" in captured.out and "Paired differences" in captured.out
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("3/a.png", "7/c.png"):
+        (flat / name[2:]).write_bytes((tmp_path / "images" / name).read_bytes())
+    (tmp_path / "labels.csv").write_text("path,label\na.png,3\nc.png,7\n")
+    csv_out = tmp_path / "from_csv.csv"
+    assert evaluate(csv_out, str(flat), "--labels", str(tmp_path / "labels.csv"), "--target", "label") == 0
+    assert pd.read_csv(csv_out)["label"].tolist() == [3, 3, 7, 7]
+    assert evaluate(tmp_path / "x.csv", "cluttered:2", "--labels", str(tmp_path / "labels.csv")) == 2
+    assert "--labels goes with a folder" in capsys.readouterr().err
+
+
+def test_evaluate_help_names_the_methods_and_the_defaults(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"({', '.join(list_explainers())})" in text and "rollout" in list_explainers()
+    assert "(default: black)" in text and "(default: predicted)" in text and "road" in text

@@ -6,6 +6,7 @@ from explainers import get_explainer, list_explainers
 from tests.dashboard_apptest import images, link, open_app, problems
 
 TOP = 2  # the input image and the colour bar come first
+COLUMNS = 4  # methods per row of the page (dashboard/views/compare.py runs as a page, so not imported)
 
 
 def test_opens_on_compare_with_every_explainer():
@@ -39,8 +40,11 @@ def test_a_parameter_changes_only_its_own_map_and_the_url():
     after = images(app)
     assert not problems(app)
     changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
-    rollout, shown = list_explainers().index("rollout"), len(list_explainers())  # one row: overlays, raw maps
-    assert changed == [TOP + rollout, TOP + shown + rollout]
+    # rows of COLUMNS methods, each row: its overlays, then its raw maps
+    row, column = divmod(list_explainers().index("rollout"), COLUMNS)
+    in_row = min(COLUMNS, len(list_explainers()) - row * COLUMNS)
+    start = TOP + 2 * COLUMNS * row
+    assert changed == [start + column, start + in_row + column]
     assert app.query_params["rollout.discard_ratio"] == "0.5"
 
 

@@ -1,7 +1,9 @@
 """Head-fusion page: fusing explainers × (mean, max, min), then every head of a chosen layer."""
 
+import json
+
 from explainers.params import HEAD_FUSION
-from tests.dashboard_apptest import images, link, open_app, problems
+from tests.dashboard_apptest import images, link, messages, open_app, plotly_specs, problems
 
 
 def test_fusion_grid_and_every_head():
@@ -10,7 +12,8 @@ def test_fusion_grid_and_every_head():
     assert app.main.header[0].value == "Head fusion"
     heads = app.session_state["_scene"].dims["num_heads"]
     fusing = 2  # rollout and raw attention declare head_fusion
-    assert len(images(app)) == fusing * len(HEAD_FUSION.choices) + heads
+    rollout_rows = 2  # the patch view: the patch's and the class token's
+    assert len(images(app)) == fusing * len(HEAD_FUSION.choices) + heads + rollout_rows
     captions = [c for image in app.main.image for c in image.captions]
     assert {f"rollout · {f}" for f in HEAD_FUSION.choices} <= set(captions)
     assert {f"head {h}" for h in range(heads)} <= set(captions)
@@ -23,7 +26,44 @@ def test_choosing_a_layer_changes_only_the_heads():
     app.slider(key="o.layer").set_value(0).run()
     after = images(app)
     assert not problems(app)
-    fused = 2 * len(HEAD_FUSION.choices)
-    assert before[:fused] == after[:fused]
-    assert all(a != b for a, b in zip(before[fused:], after[fused:], strict=True))
+    fused, heads = 2 * len(HEAD_FUSION.choices), app.session_state["_scene"].dims["num_heads"]
+    assert before[:fused] == after[:fused] and before[fused + heads :] == after[fused + heads :]
+    shown = slice(fused, fused + heads)
+    assert all(a != b for a, b in zip(before[shown], after[shown], strict=True))
     assert app.query_params["layer"] == "0"
+
+
+def test_the_patch_view_shows_the_patch_in_the_url_next_to_the_class_token():
+    app = open_app(page="head_fusion", patch="10")
+    assert not problems(app)
+    scene = app.session_state["_scene"]
+    grid_h, grid_w = scene.capture.layout.grid
+    row, column = divmod(10, grid_w)
+    captions = [c.value for c in app.main.caption]
+    tokens = scene.capture.layout.num_tokens
+    assert f"Click a patch. Shown: patch ({row}, {column}), token {1 + 10} of {tokens}." in captions
+    shown = [c for image in app.main.image for c in image.captions]
+    assert {f"rollout row of the patch ({row}, {column})", "rollout row of the class token"} <= set(shown)
+    picker, patch_rows, cls_rows = (json.loads(spec) for spec in plotly_specs(app))
+    assert picker["data"][1]["customdata"]["shape"] == f"{grid_h * grid_w}, 3"  # a clickable point per patch
+    layers, heads = scene.capture.num_layers, scene.capture.num_heads
+    assert len(patch_rows["data"]) == len(cls_rows["data"]) == layers * heads
+    assert "page=head_fusion" in link(app) and "patch=10" in link(app)
+
+
+def test_a_patch_outside_the_grid_shows_the_centre_with_a_message():
+    app = open_app(page="head_fusion", patch="5000")
+    assert not problems(app)
+    assert "Patch 5000 is not in this model's 8×8 grid" in messages(app)
+    assert any("Shown: patch (4, 4)" in c.value for c in app.main.caption)
+
+
+def test_a_clicked_patch_becomes_the_views_patch():
+    """The picker's selection (as the browser sends it) sets the patch; the browser test clicks for real."""
+    app = open_app(page="head_fusion")
+    selection = {"selection": {"points": [{"customdata": [21, 2, 5]}], "point_indices": [21],
+                               "box": [], "lasso": []}}
+    app.session_state["h.patch_picker"] = selection
+    app.run()
+    assert not problems(app)
+    assert app.query_params["patch"] == "21"

@@ -7,6 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from explainers.access import MAX_PARAMS_ENV, WEIGHT_DIRS_ENV
 from explainers.models import EMBEDDED
 from tests.dashboard_apptest import images, messages, open_app, problems
 
@@ -16,8 +17,9 @@ SMALL = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, n
 
 
 @pytest.fixture(autouse=True)
-def data_dir(tmp_path, monkeypatch):
+def data_dir(tmp_path, monkeypatch, tmp_path_factory):
     monkeypatch.setenv("VIT_EXPLAIN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv(WEIGHT_DIRS_ENV, str(tmp_path_factory.getbasetemp()))  # the hf: folders below
     return tmp_path / "data"
 
 
@@ -56,12 +58,32 @@ def test_the_sidebar_shows_readout_prefix_tokens_and_grid():
 
 def test_a_hugging_face_folder_is_a_model_spec(hf_vit):
     app = open_app(model=hf_vit)
-    assert not problems(app) and not messages(app)
+    assert not problems(app)
+    # the methods that need timm's own modules say so; every other one is drawn
+    for line in filter(None, messages(app).splitlines()):
+        assert "timm" in line, line
     assert app.session_state["_scene"].model.spec == hf_vit and app.query_params["model"] == hf_vit
     assert app.selectbox(key="w.model").value == hf_vit
     assert "class token · 1 prefix token · 4×4 patches · 3 layers × 4 heads · 3 classes" in sidebar_text(app)
     assert {o.split(" · ")[0] for o in app.selectbox(key="w.target").options} == {"cat", "dog", "owl"}
     assert len(images(app)) >= 8  # four explainers: map over the image and raw map each
+
+
+def test_a_hugging_face_folder_follows_the_visitor_policy(hf_vit, monkeypatch, tmp_path):
+    """Like a weights file: outside the allowed folders refused with one answer (existing or not), and
+    above VIT_EXPLAIN_MAX_PARAMS refused before it is built."""
+    monkeypatch.setenv(WEIGHT_DIRS_ENV, str(tmp_path / "elsewhere"))
+    answers = []
+    for spec in (hf_vit, f"{hf_vit}-missing", "hf:../" + hf_vit.rsplit("/", 1)[-1]):
+        app = open_app(model=spec)
+        assert not problems(app) and app.query_params["model"] == EMBEDDED
+        answers.append(messages(app).replace(spec[3:], "<folder>"))
+    assert "refused" in answers[0] and len(set(answers)) == 1
+    monkeypatch.setenv(WEIGHT_DIRS_ENV, hf_vit[3:])
+    monkeypatch.setenv(MAX_PARAMS_ENV, "1000")
+    app = open_app(model=hf_vit)
+    assert not problems(app) and app.query_params["model"] == EMBEDDED
+    assert "more than the 0.0 M" in messages(app)
 
 
 def test_a_headless_model_asks_for_a_reference_image(hf_backbone):
@@ -76,7 +98,9 @@ def test_a_headless_model_asks_for_a_reference_image(hf_backbone):
     shown = len(images(app))
 
     app.selectbox(key="w.reference").select_index(2).run()
-    assert not problems(app) and not messages(app)
+    assert not problems(app)
+    for line in filter(None, messages(app).splitlines()):  # only the methods needing timm's own modules
+        assert "timm" in line or "not a similarity" in line, line
     reference = app.query_params["reference"]
     assert reference.startswith("gallery:")
     scene = app.session_state["_scene"]

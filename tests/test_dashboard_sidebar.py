@@ -67,8 +67,9 @@ def test_a_timm_model_whose_weights_cannot_be_downloaded_falls_back(monkeypatch)
     assert app.selectbox(key="w.model").value == EMBEDDED
 
 
-def test_weights_that_do_not_fit_the_architecture(tmp_path):
-    wrong = tmp_path / "wrong.safetensors"
+def test_weights_that_do_not_fit_the_architecture(data_dir):
+    wrong = data_dir / "weights" / "wrong.safetensors"
+    wrong.parent.mkdir(parents=True)
     save_file({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, wrong)
     app = open_app(weights=str(wrong))
     assert not problems(app)
@@ -87,8 +88,8 @@ def test_uploaded_weights_are_kept_and_checked(data_dir):
 
 
 def test_a_missing_weights_file_from_a_link():
-    app = open_app(weights="/nonexistent/weights.safetensors")
-    assert "does not exist" in messages(app)
+    app = open_app(weights="weights/nonexistent.safetensors")
+    assert "no weights file 'weights/nonexistent.safetensors'" in messages(app)
     assert app.session_state["_scene"].model.spec == EMBEDDED
 
 

@@ -8,6 +8,8 @@ from dashboard.state import OPTIONS, ViewState, parse_image_ref
 from tests.dashboard_apptest import images, link, messages, open_app, problems
 
 DIMS = {"num_layers": 6, "num_heads": 4, "num_classes": 10}
+HEADERS = {"head_fusion": "Head fusion", "distributions": "Attention distributions",
+           "what_if": "What-if explorer", "evaluate": "Evaluate explainers", "reviews": "Review board"}
 
 
 @pytest.fixture(autouse=True)
@@ -137,3 +139,30 @@ def test_bad_link_values_are_reported_on_the_page():
     text = messages(app)
     assert "discard_ratio must be in [0.0, 1.0)" in text and "layer must be in" in text
     assert "rollout.discard_ratio" not in app.query_params and "layer" not in app.query_params
+
+
+@pytest.mark.parametrize("page", ["head_fusion", "distributions", "what_if", "evaluate", "reviews"])
+def test_a_page_opened_by_its_own_path_stays_on_that_page(page):
+    """``/what_if`` without ``?page=`` (typed or bookmarked) is that page, not Compare."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.dashboard_apptest import APP, TIMEOUT_S
+
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    app.switch_page(f"views/{page}.py")  # what the browser's path selects
+    app.run()
+    assert not problems(app)
+    assert app.main.header[0].value == HEADERS[page]
+    assert app.query_params["page"] == page
+
+
+def test_a_link_naming_another_page_than_the_path_opens_the_links_page():
+    from streamlit.testing.v1 import AppTest
+
+    from tests.dashboard_apptest import APP, TIMEOUT_S
+
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    app.query_params.update({"page": "what_if"})
+    app.switch_page("views/head_fusion.py")
+    app.run()
+    assert not problems(app) and app.main.header[0].value == "What-if explorer"

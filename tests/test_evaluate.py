@@ -1,10 +1,7 @@
 """The evaluation loop: settings checks, rows, incremental batches, resume keys, ground truth, summaries."""
 
-import io
 import math
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import timm.data
@@ -19,7 +16,6 @@ from explainers.evaluate import (
     Sample,
     cluttered_samples,
     curve_means,
-    folder_samples,
     sanity_means,
     summary,
     summary_table,
@@ -191,26 +187,6 @@ def test_masks_follow_the_preprocess(loaded: LoadedModel) -> None:
     x0, y0, x1, y1 = (int(v) for v in data.boxes[1])
     assert x0 // 2 - 1 <= half.box[0] < half.box[2] <= -(-x1 // 2) + 1
     assert y0 // 2 - 1 <= half.box[1] < half.box[3] <= -(-y1 // 2) + 1
-
-
-def test_folder_samples_skip_and_list_unreadable_files(loaded: LoadedModel, tmp_path: Path) -> None:
-    (tmp_path / "sub").mkdir()
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "sub" / "black.png")
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(buffer, format="JPEG")
-    (tmp_path / "grey.jpg").write_bytes(buffer.getvalue())
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    (tmp_path / "notes.txt").write_text("not an image")
-    skipped: list[tuple[str, str]] = []
-    found = list(folder_samples(loaded, tmp_path, skipped))
-    assert [s.id for s in found] == ["grey.jpg", "sub/black.png"]
-    assert all(s.image.shape == (3, 64, 64) and s.label is None and s.mask is None for s in found)
-    assert [name for name, _ in skipped] == ["broken.png"]
-    with pytest.raises(ValueError, match="does not exist"):
-        list(folder_samples(loaded, tmp_path / "missing", []))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images"):
-        list(folder_samples(loaded, tmp_path / "empty", []))
 
 
 def test_summaries_are_means_and_population_stds() -> None:

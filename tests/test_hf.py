@@ -74,6 +74,9 @@ def _families():
 FAMILIES = list(_families())
 #: What each classifier reads (transformers' own heads): the class token, or the mean of the patch tokens.
 READOUT = {name: "mean" if name in ("beit_mean", "data2vec_vision", "ijepa") else "cls" for name in FAMILIES}
+#: Methods every family must explain, and those every family reading the class token alone must.
+ATTENTION_METHODS = ("rollout", "grad_rollout", "raw_attention", "gae")
+CLASS_TOKEN_METHODS = ("attention_flow", "attn_gradcam")
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +156,20 @@ def test_to_display_undoes_the_processors_normalisation(loaded):
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("method", explainers.list_explainers())
 def test_every_method_gives_finite_nonnegative_maps_of_the_grid(loaded, photo, name, method):
+    """The attention methods explain every family, the class-token methods every class-token family; the
+    methods that need timm's own modules (the LRP family, LeGrad) may refuse, with a ValueError only."""
     model = loaded[name]
     x = torch.stack([model.preprocess(photo), model.preprocess(photo.rotate(90))])
-    maps = explainers.explain(model.model, x, method)
+    try:
+        maps = explainers.explain(model.model, x, method)
+    except ValueError:
+        assert method not in ATTENTION_METHODS, method
+        assert method not in CLASS_TOKEN_METHODS or READOUT[name] != "cls" or name == "deit_distilled", method
+        return
     assert maps.shape == (2, 4, 4)
-    assert torch.isfinite(maps).all() and (maps >= 0).all() and maps.std() > 0
+    assert torch.isfinite(maps).all() and (maps >= 0).all()
+    # attention Grad-CAM is the ReLU of a signed head-weighted sum: on a random tiny model it may be all zero
+    assert maps.std() > 0 or method == "attn_gradcam"
 
 
 def _readout_row(n: int, prefix: int, readout: str) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 
 import explainers
 from explainers import Capture, TokenLayout
+from explainers.relevance import Relevance
 from tests import reference
 
 
@@ -114,6 +115,8 @@ def test_uniform_attention_gives_a_uniform_map():
         torch.zeros(2, 3),
         torch.zeros(2, dtype=torch.long),
         TokenLayout(1, grid),
+        Relevance((uniform,) * 5, torch.ones(2, n), torch.zeros(2)),  # uniform LRP relevance too
+        layer_gradients=(torch.ones_like(uniform),) * 5,
     )
     for method in explainers.list_explainers():
         maps = explainers.compute(cap, method)
@@ -177,15 +180,50 @@ def test_kth_smallest_agrees_with_torch_kthvalue():
         torch.testing.assert_close(surplus, (values <= threshold).sum(dim=1) - k)
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["per image (CPU)", "batched (GPU)"])
 @pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9, 0.99])
-def test_discard_equals_the_reference_with_ties_and_zeros(ratio):
-    from explainers.attention_ops import discard_lowest_
+def test_discard_equals_the_reference_with_ties_and_zeros(ratio, batched):
+    from explainers.attention_ops import _discard_batched_, discard_lowest_
 
     generator = torch.Generator().manual_seed(1)
     fused = torch.rand(5, 17, 17, generator=generator, dtype=torch.float64).round(decimals=1)
     fused[1] = fused[1].clamp_min(0.6) - 0.6  # mostly zeros
     fused[2, 1:, 1:] = 0.0  # only zeros among the candidates
     fused[3] = 0.25  # all tied at a non-zero value
-    out = discard_lowest_(fused.clone(), ratio).numpy()
+    count = int(ratio * 16**2)
+    out = _discard_batched_(fused.clone(), count, 0) if batched else discard_lowest_(fused.clone(), ratio)
+    out = out.numpy()
     for b in range(5):
         np.testing.assert_array_equal(out[b], reference.discard(fused[b].numpy(), ratio))
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "zeros", "sorted", "spike"])
+def test_kth_smallest_of_long_rows_is_exact(kind):
+    """Rows long enough for the sampled bracket, including data where the strided sample misleads it."""
+    from explainers.attention_ops import SAMPLED_SELECT_MIN, kth_smallest
+
+    generator = torch.Generator().manual_seed(3)
+    size = 5 * SAMPLED_SELECT_MIN
+    values = torch.rand(3, size, generator=generator)
+    if kind == "ties":
+        values = values.round(decimals=2)
+    elif kind == "zeros":
+        values = (values - 0.4).clamp_min(0)
+    elif kind == "sorted":
+        values = values.sort(dim=1).values
+    elif kind == "spike":  # every sampled entry is large: the bracket misses, the whole row is partitioned
+        stride = round(size ** (1 / 3))
+        values[:, ::stride] = 10.0 + values[:, ::stride]
+    for k in (1, size // 10, size // 2, int(0.9 * size), size - 1, size):
+        threshold, surplus = kth_smallest(values, k)
+        torch.testing.assert_close(threshold, values.kthvalue(k, dim=1, keepdim=True).values)
+        torch.testing.assert_close(surplus, (values <= threshold).sum(dim=1) - k)
+
+
+def test_discard_of_a_strided_view_writes_through():
+    from explainers.attention_ops import discard_lowest_
+
+    fused = torch.rand(3, 9, 9).transpose(1, 2)  # not contiguous
+    expected = discard_lowest_(fused.contiguous(), 0.5)
+    torch.testing.assert_close(discard_lowest_(fused, 0.5), expected)
+    torch.testing.assert_close(fused, expected)

@@ -255,12 +255,24 @@ def test_discard_without_a_protected_token_drops_exactly_that_many():
 # --- NaFlexViT, headless backbones, the families of issue 10 ---------------------------------------
 
 
+def explain_every_method(model, images, target=None):
+    """``{method: maps}`` for every registered method: the four attention methods must explain every
+    family; a method restricted to class-token models (the LRP family, attention Grad-CAM) may refuse
+    with a ValueError instead, never with another error."""
+    maps = {}
+    for method in explainers.list_explainers():
+        try:
+            maps[method] = explainers.explain(model, images, method, target=target)
+        except ValueError:
+            assert method not in METHODS, method
+    return maps
+
+
 @pytest.mark.parametrize("size", [(48, 80), (64, 32)])
 def test_naflexvit_explained_at_any_accepted_size(size):
     model = make_vit("naflexvit_base_patch16_map", **TINY, num_classes=3, init_values=1.0)
     images = torch.randn(1, 3, *size)
-    for method in explainers.list_explainers():
-        maps = explainers.explain(model, images, method)
+    for maps in explain_every_method(model, images).values():
         assert maps.shape == (1, size[0] // 16, size[1] // 16)
     with pytest.raises(ValueError, match="multiples of its 16×16 patches"):
         explainers.explain(model, torch.randn(1, 3, 50, 64), "rollout")
@@ -326,11 +338,11 @@ def test_every_family_gives_finite_non_negative_non_constant_maps(name, kwargs, 
     description = explainers.describe_model(model, size)
     images = torch.randn(2, 3, *description.image_size, generator=torch.Generator().manual_seed(0))
     target = None if description.has_head else explainers.SimilarityTarget(images[:1].flip(-1))
-    for method in explainers.list_explainers():
-        maps = explainers.explain(model, images, method, target=target)
+    for method, maps in explain_every_method(model, images, target).items():
         assert maps.shape == (2, *description.layout.grid), (name, method)
         assert torch.isfinite(maps).all() and (maps >= 0).all(), (name, method)
-        assert (maps.flatten(1).std(dim=1) > 0).all(), (name, method)
+        if method in METHODS:  # a ReLU'd single-layer map (attn_gradcam) may vanish on a random model
+            assert (maps.flatten(1).std(dim=1) > 0).all(), (name, method)
 
 
 @pytest.mark.parametrize(

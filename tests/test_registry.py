@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 import explainers
-from explainers import registry
+from explainers import get_explainer, registry
+from explainers.registry import Cost
 from tests.conftest import make_vit
 
 
@@ -130,3 +131,24 @@ def test_a_registered_plugin_works_everywhere(plugin, deit_tiny, images):
 def test_a_name_cannot_be_registered_twice():
     with pytest.raises(ValueError, match="already registered"):
         explainers.register("rollout", label="again", needs_gradients=False)(lambda capture: capture)
+
+
+def test_every_method_declares_its_cost():
+    dims = {"num_layers": 12, "num_heads": 3, "num_tokens": 197}
+    described = {
+        name: get_explainer(name).cost.describe(get_explainer(name).needs_gradients, dims)
+        for name in ("rollout", "gae", "legrad", "attention_flow")
+    }
+    assert described == {
+        "rollout": "forward to the last attention",
+        "gae": "forward + backward",
+        "legrad": "forward + 12 partial backwards (one per block)",
+        "attention_flow": "forward to the last attention + 197 max-flows on 12·197² edges",
+    }
+    for name in explainers.list_explainers():  # only max-flows cost more than the shared capture
+        seconds = get_explainer(name).cost.estimate_seconds(dims, pass_seconds=0.05)
+        assert (seconds > 1.0) == get_explainer(name).cost.max_flows
+    flow = get_explainer("attention_flow").cost
+    small = flow.estimate_seconds({"num_layers": 5, "num_tokens": 65}, 0.01)
+    assert small < 0.1 < 1.0 < flow.estimate_seconds(dims, 0.05)  # the embedded model: at once
+    assert Cost(lrp_passes=2).describe(True, dims) == "forward + backward + 2 LRP passes"

@@ -72,3 +72,16 @@ def test_bad_inputs_are_value_errors():
         overlay(np.zeros((4, 4), np.uint8), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="opacity"):
         overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2)), opacity=1.5)
+
+
+def test_diverging_overlay_colours_only_the_differences():
+    from explainers.render import diverging_overlay
+
+    image = np.full((2, 3, 3), 100, dtype=np.uint8)
+    values = np.array([[0.0, 1.0, -1.0], [np.nan, 0.5, -0.5]], dtype=np.float32)
+    out = diverging_overlay(image, values, opacity=1.0).astype(int)
+    assert out.shape == image.shape
+    assert (out[0, 0] == 100).all() and (out[1, 0] == 100).all()  # d = 0 and NaN: the image as it is
+    red, blue, half_red = out[0, 1], out[0, 2], out[1, 1]
+    assert red[0] > 200 > red[2] and blue[2] > 200 > blue[0]
+    assert red[0] > half_red[0] > 100  # the weight grows with |d|

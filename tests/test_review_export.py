@@ -164,3 +164,22 @@ def test_cli_exports_a_saved_review(
     assert cli.main(["export", "1", "--db", str(tmp_path / "missing.sqlite3"), "--out", str(tmp_path)]) == 2
     assert "no review board at" in capsys.readouterr().err
     assert not (tmp_path / "none").exists() and not (tmp_path / "missing.sqlite3").exists()
+
+
+def test_a_two_model_review_exports_both_models(review: Review, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from explainers.reviews import SecondModel
+
+    second_image = np.full((64, 64, 3), 200, dtype=np.uint8)
+    second = SecondModel(model="embedded", device="cpu", target=7, target_name="7",
+                         image=png_bytes(second_image), maps={"rollout": np.eye(8, dtype=np.float32)})
+    store = ReviewStore(tmp_path / "reviews.sqlite3")
+    both = store.get(store.save(replace(review.snapshot, second=second)))
+    one_model = np.asarray(Image.open(io.BytesIO(grid_png(review))).convert("RGB"))
+    two_models = np.asarray(Image.open(io.BytesIO(grid_png(both))).convert("RGB"))
+    painted = [int((grid != 255).any(-1).sum()) for grid in (one_model, two_models)]
+    assert painted[1] > painted[0] + TILE * TILE  # 2 more tiles: B's image and its rollout map
+    page = html_report(both)
+    assert "Model B" in page and "embedded on cpu" in page and "Attention rollout · B" in page
+    assert page.count("<figure>") == html_report(review).count("<figure>") + 2

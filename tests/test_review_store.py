@@ -5,14 +5,15 @@ import multiprocessing.synchronize
 import sqlite3
 import threading
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from explainers.reviews import SCHEMA_VERSION, ReviewStore, Snapshot, default_path
+from explainers.reviews import SCHEMA_VERSION, ReviewStore, SecondModel, Snapshot, default_path
 from explainers.reviews.export import png_bytes
-from explainers.reviews.store import MIGRATIONS, maps_to_bytes, migrate, schema_version
+from explainers.reviews.store import MIGRATIONS, ReviewStoreError, maps_to_bytes, migrate, schema_version
 
 ROWS_PER_WRITER = 5
 
@@ -206,10 +207,55 @@ def test_first_schema_version_file_opens_after_upgrade(tmp_path: Path) -> None:
     assert store.save(snapshot()) > summary.id
 
 
+def second_model(methods=("rollout", "gae")) -> SecondModel:
+    rng = np.random.default_rng(7)
+    return SecondModel(model="embedded", device="cpu", target=3, target_name="3",
+                       image=png_bytes(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)),
+                       maps={m: rng.random((8, 8), dtype=np.float32) for m in methods})
+
+
+def test_a_two_model_review_keeps_the_second_model(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path / "reviews.sqlite3")
+    saved = replace(snapshot(), second=second_model())
+    got = store.get(store.save(saved)).snapshot
+    assert got.second is not None
+    for name in ("model", "device", "target", "target_name", "image"):
+        assert getattr(got.second, name) == getattr(saved.second, name), name
+    for name, m in saved.second.maps.items():
+        np.testing.assert_array_equal(got.second.maps[name], m)
+    assert store.get(store.save(snapshot())).snapshot.second is None
+    with pytest.raises(ValueError, match="must be among the methods"):
+        replace(snapshot(methods=("rollout",)), second=second_model(("rollout", "gae")))
+
+
+def test_second_schema_version_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A v2 file (one model per review) keeps its rows and comments and takes two-model reviews after."""
+    path = tmp_path / "reviews.sqlite3"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:  # a v2 board, v2 columns only
+        assert migrate(conn, 2) == 0
+        conn.execute(
+            "INSERT INTO reviews (created_at, author, notes, model, device, image_id, image, state, target, "
+            "target_name, methods, params, maps, scores, charts) VALUES "
+            "('2025-06-01T00:00:00.000+00:00', 'ann', 'v2', 'embedded', 'cpu', 'digit:1', ?, '{}', 1, '1', "
+            "'[\"rollout\"]', '{}', ?, '{}', '{}')",
+            (snapshot().image, maps_to_bytes({"rollout": np.ones((8, 8), np.float32)})),
+        )
+        conn.execute("INSERT INTO comments (review_id, author, text, created_at) "
+                     "VALUES (1, 'bob', 'hi', 'x')")
+        assert schema_version(conn) == 2
+    store = ReviewStore(path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert schema_version(conn) == SCHEMA_VERSION == 4  # v3: second model, v4: owner
+    review = store.get(1)
+    assert review.snapshot.notes == "v2" and review.snapshot.second is None and review.snapshot.owner is None
+    assert review.comments[0].text == "hi"
+    assert store.get(store.save(replace(snapshot(), second=second_model()))).snapshot.second is not None
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "reviews.sqlite3"
     ReviewStore(path)
     with closing(sqlite3.connect(path)) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="upgrade the tool"):
+    with pytest.raises(ReviewStoreError, match="upgrade the tool"):
         ReviewStore(path)

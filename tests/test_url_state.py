@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 
 from dashboard import state
+from explainers.access import WEIGHT_DIRS_ENV
 from explainers.reviews import ReviewStore
 from tests.conftest import make_vit
 from tests.dashboard_apptest import link, messages, open_app, problems
@@ -18,7 +19,7 @@ MODEL = "deit_tiny_patch16_224"
 #: Non-default values of every page's own options, so that each must survive the round trip.
 PAGE_OPTIONS: dict[str, dict[str, str]] = {
     "compare": {"top_percent": "20"},
-    "head_fusion": {"layer": "3"},
+    "head_fusion": {"layer": "3", "patch": "37"},
     "distributions": {"chart": "histogram", "entropy": "cls", "sweep": "grad_rollout", "summary": "gini"},
     "what_if": {"explore": "gae"},
     "reviews": {"review": "1"},
@@ -26,9 +27,13 @@ PAGE_OPTIONS: dict[str, dict[str, str]] = {
 
 
 @pytest.fixture(autouse=True)
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test has its own server data directory (uploads, review board)."""
+def data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Each test has its own server data directory (uploads, review board); the weight files written by
+    :func:`full_view` are in a folder the operator allows."""
     monkeypatch.setenv("VIT_EXPLAIN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv(WEIGHT_DIRS_ENV, str(tmp_path_factory.getbasetemp()))
     return tmp_path / "data"
 
 
@@ -45,6 +50,7 @@ def full_view(folder: Path) -> dict[str, str]:
     base = {"model": MODEL, "weights": str(weights), "device": "cpu", "image": "gallery:digit-03"}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VIT_EXPLAIN_DATA_DIR", str(folder / "probe"))
+        patch.setenv(WEIGHT_DIRS_ENV, str(folder))
         top = open_app(page="compare", **base).session_state["_scene"].target
     return {
         **base,

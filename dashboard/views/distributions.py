@@ -1,5 +1,6 @@
 """Attention distributions (Plotly): entropy per head, CLS attention per layer, attention distance against
-depth, the rollout built up block by block, and what the discard ratio does to a map."""
+depth, the rollout built up block by block, and what the discard ratio does to a map. With a second model,
+the entropy and attention-distance charts overlay both models, one colour each."""
 
 import numpy as np
 import pandas as pd
@@ -23,15 +24,51 @@ SUMMARY_LABELS = {
 }
 
 
+def models() -> list[tuple[str, state.Scene]]:
+    """``(name, scene)`` of each model of the view: one, or A and B."""
+    second = state.second_scene()
+    if second is None:
+        return [("", state.scene())]
+    return [(f"A: {state.scene().label}", state.scene()), (f"B: {second.label}", second)]
+
+
+def per_head(values: np.ndarray, value: str, model: str) -> pd.DataFrame:
+    """A ``(L, H)`` statistic as one row per layer and head."""
+    layers, heads = values.shape
+    return pd.DataFrame({
+        "layer": np.repeat(np.arange(layers), heads),
+        "head": np.tile(np.arange(heads), layers),
+        value: values.reshape(-1),
+        "model": model,
+    })
+
+
 @st.fragment
 def entropy_heatmap() -> None:
     st.subheader("Attention entropy per layer and head")
     query = widgets.option_control("entropy", label="Rows", format_func={
         "all": "mean over every query token", "cls": "the CLS token's row"}.get)
+    if state.second_scene() is not None:
+        entropy_of_both(query)
+        return
     entropy = attention_stats.attention_entropy(state.scene().capture, query=query)[0].cpu().numpy()
     figure = px.imshow(entropy, text_auto=".2f", aspect="auto", color_continuous_scale="Viridis",
                        labels={"x": "head", "y": "layer", "color": "entropy (nats)"})
     figure.update_xaxes(dtick=1).update_yaxes(dtick=1).update_layout(height=CHART_PX)
+    st.plotly_chart(figure, width="stretch")
+
+
+def entropy_of_both(query: str) -> None:
+    """Both models' entropy per layer and head, divided by log N (1: uniform) since N may differ."""
+    value = "entropy / log N"
+    frames = []
+    for name, scene in models():
+        entropy = attention_stats.attention_entropy(scene.capture, query=query)[0].cpu().numpy()
+        frames.append(per_head(entropy / np.log(scene.capture.layout.num_tokens), value, name))
+    figure = px.strip(pd.concat(frames), x="layer", y=value, color="model", hover_data=["head"])
+    figure.update_xaxes(dtick=1).update_layout(height=CHART_PX, legend={"orientation": "h", "y": -0.2})
+    st.caption("One point per head; entropy divided by that of uniform attention over the model's N tokens, "
+               "so that models with different token counts compare.")
     st.plotly_chart(figure, width="stretch")
 
 
@@ -61,15 +98,16 @@ def cls_distribution() -> None:
 
 def attention_distance() -> None:
     st.subheader("Mean attention distance per head against depth")
-    scene = state.scene()
-    distance = attention_stats.mean_attention_distance(scene.capture, scene.patch_size)[0].cpu().numpy()
-    layers, heads = distance.shape
-    frame = pd.DataFrame({
-        "layer": np.repeat(np.arange(layers), heads),
-        "head": np.tile(np.arange(heads), layers).astype(str),
-        "distance (px)": distance.reshape(-1),
-    })
-    figure = px.scatter(frame, x="layer", y="distance (px)", color="head")
+    value = "distance (px)"
+    distance = attention_stats.mean_attention_distance
+    distances = {name: distance(s.capture, s.patch_size)[0] for name, s in models()}
+    frames = [per_head(values.cpu().numpy(), value, name) for name, values in distances.items()]
+    frame = pd.concat(frames).astype({"head": str})
+    if len(frames) == 1:
+        figure = px.scatter(frame, x="layer", y=value, color="head")
+    else:
+        figure = px.scatter(frame, x="layer", y=value, color="model", hover_data=["head"])
+        figure.update_layout(legend={"orientation": "h", "y": -0.2})
     figure.update_traces(marker_size=9).update_xaxes(dtick=1).update_layout(height=CHART_PX)
     st.caption("As in Dosovitskiy et al. 2021, Fig. 7: the distance between query and key patches in input "
                "pixels, weighted by the attention (patch tokens only).")

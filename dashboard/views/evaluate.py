@@ -1,11 +1,19 @@
 """Evaluate: score explainers on a set of images with :mod:`explainers.evaluate` (the loop of the command
 line): perturbation curves, localisation, sanity check and agreement, as Plotly charts, a mean ± std table
-and a CSV download. A run can be stopped at any time and continued later; rows done are kept."""
+and a CSV download. A run can be stopped at any time and continued later; rows done are kept.
+
+Or open a results file written by ``python -m explainers evaluate`` (CSV, or Parquet: one file or the
+folder of parts), uploaded or by its path on the server: the same tables and charts, with Chefer et al.'s
+figure, paired bootstrap intervals and the metrics' agreement on the ranking (:mod:`explainers.statistics`).
+A file is read once (:func:`explainers.results.read_results`) and kept per (path, modification time, size)
+or per content hash; the bootstrap is cached per file and score."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
@@ -31,6 +39,14 @@ from explainers.metrics.perturbation import BASELINES, CURVES
 from explainers.metrics.sanity import SANITY_THRESHOLD, fails_sanity
 from explainers.models import LoadedModel
 from explainers.registry import method_label
+from explainers.results import read_results
+from explainers.statistics import (
+    CHEFER_LABEL,
+    chefer_table,
+    paired_bootstrap,
+    ranking_agreement,
+    score_directions,
+)
 
 ROWS, SIGNATURE, TOTAL, SKIPPED = "ev.rows", "ev.signature", "ev.total", "ev.skipped"
 SOURCES = {"digits": "Generated cluttered digits", "gallery": "Gallery", "uploads": "Uploaded images"}
@@ -43,6 +59,8 @@ METRIC_LABELS = {
 MEASURES = {"probability": "target-class probability", "top1": "top-1 correct"}
 ARROWS = {True: "↑", False: "↓"}
 MAX_DIGITS = 2000
+MODES = {"run": "Run an evaluation here", "open": "Open a results file"}
+RESAMPLES = 1000
 
 SampleSource = Callable[[list[tuple[str, str]]], list[Sample]]
 
@@ -91,7 +109,8 @@ def settings(model: LoadedModel) -> Evaluation | None:
     metrics = left.multiselect("Metrics", METRICS, default=list(METRICS), format_func=METRIC_LABELS.get,
                                key="ev.metrics")
     baseline = middle.selectbox("Removed pixels become", BASELINES, key="ev.baseline",
-                                help="black, the mean colour of the model's training data, or a blurred copy")
+                                help="black, the mean colour of the model's training data, a blurred copy, "
+                                "or road: noisy linear imputation from the kept neighbours (Rong et al.)")
     target = right.selectbox("Class explained", TARGETS, key="ev.target",
                              help="the model's prediction, or the true label (images with a label only)")
     left, middle, right = st.columns(3)
@@ -119,11 +138,15 @@ def run(evaluation: Evaluation, samples: list[Sample], done: set[tuple[str, ...]
     bar.empty()
 
 
-def results(frame: pd.DataFrame) -> None:
+def results(frame: pd.DataFrame, token: str | None = None) -> None:
+    """Tables and charts of result rows; ``token`` names an opened file (its statistics are cached by it
+    and it is not offered for download again), ``None`` a run made on this page."""
     st.subheader("Scores (mean ± std over images)")
     st.dataframe(summary_table(frame))
-    st.download_button("Download every row as CSV", frame.to_csv(index=False), file_name="evaluation.csv",
-                       mime="text/csv", icon=":material/download:")
+    if token is None:
+        st.download_button("Download every row as CSV", frame.to_csv(index=False), file_name="evaluation.csv",
+                           mime="text/csv", icon=":material/download:")
+    statistics(frame, token)
     curves = curve_means(frame)
     if len(curves):
         st.subheader("Perturbation curves")
@@ -170,6 +193,94 @@ def results(frame: pd.DataFrame) -> None:
                         width="stretch")
 
 
+def statistics(frame: pd.DataFrame, token: str | None) -> None:
+    """Chefer et al.'s table, paired differences with bootstrap intervals, ranking agreement."""
+    chefer = chefer_table(frame)
+    if len(chefer):
+        st.subheader(CHEFER_LABEL)
+        st.dataframe(chefer.round(2), hide_index=True)
+        st.caption("Top-1 accuracy on the perturbed images, averaged over the images at 0 %, 10 %, … 90 % of "
+                   "the patches removed; area under that curve by the trapezoid rule, ×100. Positive: most "
+                   "relevant first (lower is better); negative: least relevant first (higher is better).")
+    scores = score_directions(frame)
+    if frame["method"].nunique() < 2 or not scores:
+        return
+    st.subheader("Differences between methods (paired bootstrap, 95 %)")
+    score = st.selectbox("Score", list(scores), key="ev.diff",
+                         format_func=lambda c: f"{scores[c][0]} {ARROWS[scores[c][1]]}")
+    if token:
+        table = _differences(token, score, frame)
+    else:
+        table = paired_bootstrap(frame, score, resamples=RESAMPLES)
+    st.dataframe(table, hide_index=True)
+    st.caption(f"Mean difference a − b over the images scored by both, and its 95 % interval from "
+               f"{RESAMPLES} resamples of the images; 'better' names a method only when the interval "
+               "excludes 0.")
+    agreement = ranking_agreement(frame)
+    if len(agreement) >= 2:
+        st.subheader("Do the metrics rank the methods alike? (Kendall's τ-b)")
+        st.plotly_chart(px.imshow(agreement, text_auto=".2f", zmin=-1, zmax=1, color_continuous_scale="RdBu"),
+                        width="stretch")
+
+
+@st.cache_data(max_entries=32, show_spinner="Bootstrapping…")
+def _differences(token: str, score: str, _frame: pd.DataFrame) -> pd.DataFrame:
+    return paired_bootstrap(_frame, score, resamples=RESAMPLES)
+
+
+def _stamp(path: Path) -> tuple[float, int]:
+    """Latest modification time and total size of a file, or of the files in a folder (Parquet parts)."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    stats = [f.stat() for f in files]
+    return max((s.st_mtime for s in stats), default=0.0), sum(s.st_size for s in stats)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading the results…")
+def _read_path(path: str, stamp: tuple[float, int]) -> pd.DataFrame:
+    return read_results(path)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading the results…")
+def _read_upload(digest: str, suffix: str, _data: bytes) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"results{suffix}"
+        path.write_bytes(_data)
+        return read_results(path)
+
+
+def opened() -> None:
+    """The results of a file made by the command line (or by a Ray run), uploaded or on the server."""
+    st.caption("A results file of `python -m explainers evaluate --out …`: a CSV, or Parquet (one file, or "
+               "the folder of part files). Files too large to upload open by their path on the server.")
+    left, right = st.columns(2)
+    upload = left.file_uploader("Upload a results file", type=["csv", "parquet"], key="ev.file")
+    typed = right.text_input("…or its path on the server", key="ev.path", placeholder="results/eval.parquet")
+    try:
+        if upload is not None:
+            data = upload.getvalue()
+            token = content_hash(data)
+            frame = _read_upload(token, Path(upload.name).suffix.lower(), data)
+        elif typed.strip():
+            path = Path(typed.strip()).expanduser()
+            if not path.exists():
+                raise ValueError(f"{path} does not exist on the server")
+            stamp = _stamp(path)
+            frame, token = _read_path(str(path), stamp), f"{path.resolve()}@{stamp}"
+        else:
+            st.info("Upload a results file or type its path.")
+            return
+    except (ValueError, OSError) as error:
+        st.error(f"Cannot open these results: {error}")
+        return
+    if frame.empty:
+        st.warning("The file holds no rows yet.")
+        return
+    settings = frame[["method", "params", "baseline", "target_mode"]].drop_duplicates("method")
+    st.markdown(f"**{len(frame):,} rows**, {frame['image_id'].nunique():,} images, {len(settings)} methods.")
+    st.dataframe(settings, hide_index=True)
+    results(frame, token)
+
+
 def main() -> None:
     model = state.scene().model
     st.header("Evaluate explainers")
@@ -177,6 +288,9 @@ def main() -> None:
         st.info("The evaluation measures how a class probability changes as patches are removed; this model "
                 "has no classifier (headless), so there is nothing to evaluate. Choose a classifier in the "
                 "sidebar.")
+        return
+    if st.radio("Results", list(MODES), format_func=MODES.get, horizontal=True, key="ev.mode") == "open":
+        opened()
         return
     st.caption(f"{model.spec} · every score is computed per image and method, then averaged over the images. "
                "↑: higher is better, ↓: lower is better.")

@@ -6,10 +6,12 @@ import pandas as pd
 import plotly.io as pio
 import streamlit as st
 
-from dashboard import review_panel, state, widgets
+from dashboard import auth, review_panel, state, widgets
+from dashboard.markup import escape
 from explainers.registry import method_label
 from explainers.reviews import Review, ReviewStore, ReviewSummary
-from explainers.reviews.export import FORMATS, export_files, overlays, params_text
+from explainers.reviews.export import FORMATS, export_files, overlays, params_text, second_tiles
+from explainers.reviews.store import MAX_AUTHOR_CHARS, MAX_COMMENT_CHARS, MAX_NOTES_CHARS, ReviewStoreError
 
 ALL = "All"
 #: Filter (a column of the board) → label.
@@ -33,6 +35,13 @@ def filters(board: ReviewStore) -> dict[str, str]:
 def when(created_at: str) -> str:
     """An ISO UTC time to the minute: ``2025-01-31 14:05``."""
     return created_at[:16].replace("T", " ")
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut at ``limit`` characters (a board saved before the limits may hold longer text)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters not shown)"
 
 
 def summary_label(summary: ReviewSummary) -> str:
@@ -73,10 +82,11 @@ def maps(review: Review) -> None:
         (method_label(m), params_text(snapshot.params.get(m, {})), picture)
         for m, picture in overlays(review).items()
     ]
+    pictures += second_tiles(review)
     for start in range(0, len(pictures), COLUMNS):
         row = pictures[start : start + COLUMNS]
         for column, (title, caption, picture) in zip(st.columns(COLUMNS), row, strict=False):
-            column.markdown(f"**{title}**")
+            column.markdown(f"**{escape(title)}**")
             column.image(picture, caption=caption, width="stretch")
 
 
@@ -84,26 +94,37 @@ def comments(board: ReviewStore, review: Review) -> None:
     st.subheader(f"Comments ({len(review.comments)})")
     for comment in review.comments:
         with st.chat_message("user", avatar=":material/person:"):
-            st.markdown(f"**{comment.author}** · {when(comment.created_at)} UTC")
-            st.text(comment.text)
+            st.markdown(f"**{escape(comment.author)}** · {when(comment.created_at)} UTC")
+            st.text(shorten(comment.text, MAX_COMMENT_CHARS))
+    user = auth.identity()  # with sign-in, comments are signed by who is signed in
     with st.form(f"r.comment.{review.id}", clear_on_submit=True):
-        author = st.text_input("Your name", key="r.comment.author")
-        text = st.text_area("Comment", key="r.comment.text")
+        author = user or st.text_input("Your name", key="r.comment.author", max_chars=MAX_AUTHOR_CHARS,
+                                       help=f"At most {MAX_AUTHOR_CHARS:,} characters.")
+        text = st.text_area("Comment", key="r.comment.text", max_chars=MAX_COMMENT_CHARS,
+                            help=f"At most {MAX_COMMENT_CHARS:,} characters.")
         if st.form_submit_button("Add comment", icon=":material/add_comment:"):
             try:
                 board.add_comment(review.id, author, text)
             except (ValueError, KeyError) as error:
-                st.error(error.args[0])
+                st.error(escape(error.args[0]))
             else:
                 st.rerun()
 
 
 def delete(board: ReviewStore, review: Review) -> None:
     with st.expander("Delete this review", icon=":material/delete:"):
+        if not auth.may_delete(review.snapshot.owner):
+            st.caption("Only the person who saved this review, or an admin, can delete it.")
+            return
         sure = st.checkbox(f"Yes, delete review #{review.id} and its comments for everyone",
                            key="r.delete.sure")
         if st.button("Delete", type="primary", disabled=not sure, key="r.delete"):
-            board.delete(review.id)
+            owner = None if not auth.enabled() or auth.is_admin() else auth.identity()
+            try:
+                board.delete(review.id, owner=owner)
+            except ReviewStoreError as error:
+                st.error(escape(error))
+                return
             state.commit(state.view().with_option("review", None, state.scene().dims))
             st.session_state.pop("r.delete.sure", None)
             st.rerun()
@@ -123,17 +144,21 @@ def _export(review: Review, kind: str) -> bytes:
 
 def show(board: ReviewStore, review: Review) -> None:
     snapshot = review.snapshot
-    st.subheader(f"Review #{review.id}: {snapshot.target_name}")
-    st.caption(f"{snapshot.model} on {snapshot.device} · image {snapshot.image_id} · class {snapshot.target}"
-               f" · saved by {snapshot.author} on {when(review.created_at)} UTC")
+    st.subheader(f"Review #{review.id}: {escape(snapshot.target_name)}")
+    st.caption(escape(f"{snapshot.model} on {snapshot.device} · image {snapshot.image_id} · class "
+                      f"{snapshot.target} · saved by {snapshot.author} on {when(review.created_at)} UTC"))
+    if snapshot.second is not None:
+        second = snapshot.second
+        st.caption(escape(f"Compared with model B: {second.model} on {second.device}, class "
+                          f"{second.target} {second.target_name}"))
     if st.button("Reopen this view", type="primary", icon=":material/open_in_browser:", key="r.reopen"):
         reopen(review)
     if snapshot.notes:
         st.markdown("**Notes**")
-        st.text(snapshot.notes)
+        st.text(shorten(snapshot.notes, MAX_NOTES_CHARS))
     maps(review)
     for name, rows in snapshot.scores.items():
-        st.markdown(f"**{name.capitalize()}**")
+        st.markdown(f"**{escape(name.capitalize())}**")
         st.dataframe(pd.DataFrame(rows), hide_index=True)
     for title, figure in snapshot.charts.items():
         st.plotly_chart(pio.from_json(figure), key=f"r.chart.{title}")
@@ -145,8 +170,13 @@ def show(board: ReviewStore, review: Review) -> None:
 
 def main() -> None:
     st.header("Review board")
-    board = review_panel.board()
-    summaries = board.find(**filters(board))
+    try:
+        board = review_panel.board()
+        summaries = board.find(**filters(board))
+    except ReviewStoreError as error:  # damaged, locked, unreadable: say so, never a traceback
+        st.error(escape(error))
+        widgets.share_link()
+        return
     if not summaries:
         st.info("No review matches. Save one from the Compare page with “Save to review board”.")
         widgets.share_link()
@@ -166,8 +196,8 @@ def main() -> None:
     state.commit(view.with_option("review", chosen, state.scene().dims))
     try:
         review = board.get(chosen)
-    except KeyError as error:  # deleted by someone else since the list was read
-        st.warning(error.args[0])
+    except (KeyError, ReviewStoreError) as error:  # deleted by someone else since the list was read; damaged
+        st.warning(escape(error.args[0]))
     else:
         show(board, review)
     widgets.share_link()

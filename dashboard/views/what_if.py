@@ -5,7 +5,6 @@ import time
 
 import streamlit as st
 
-import explainers
 from dashboard import state, widgets
 from explainers import get_explainer
 from explainers.metrics.agreement import spearman, top_k_iou
@@ -20,23 +19,32 @@ def explore(method: str) -> None:
     with controls:
         params = widgets.explainer_controls(method)
     with result:
-        timing = st.empty()
-        start = time.perf_counter()
-        try:
-            relevance = state.compute_maps([method], **params)[method]
-        except ValueError as error:
-            st.error(str(error))
-            return
+        if state.expected_seconds(method) > state.SLOW_SECONDS:  # computed once, on request, then kept
+            st.caption(widgets.cost_text(method))
+            relevance = widgets.method_map(method)
+            if relevance is None:
+                return
+            timing, elapsed = None, state.expected_seconds(method)
+        else:
+            timing, start = st.empty(), time.perf_counter()
+            try:
+                relevance = state.compute_maps([method], **params)[method]
+            except ValueError as error:
+                st.error(str(error))
+                return
         over, grid = st.columns(2)
         over.image(widgets.overlay_image(relevance), caption="over the image", width="stretch")
         grid.image(widgets.grid_image(relevance), caption="raw grid map", width="stretch")
-        elapsed = time.perf_counter() - start
-        timing.success(f"Updated in {elapsed * 1000:.1f} ms from the cached capture, without a forward pass "
-                       f"(the capture itself took {scene.analysis.seconds * 1000:.0f} ms).",
-                       icon=":material/bolt:")
+        if timing is not None:
+            elapsed = time.perf_counter() - start
+            timing.success(f"Updated in {elapsed * 1000:.1f} ms from the cached capture, without a forward "
+                           f"pass (the capture itself took {scene.analysis.seconds * 1000:.0f} ms).",
+                           icon=":material/bolt:")
+        else:
+            st.caption(f"Computed in {elapsed:.1f} s from the cached capture, without a forward pass.")
         defaults = state.explainer_params(method, **get_explainer(method).defaults())
         same = params == defaults
-        default = relevance if same else explainers.compute(scene.capture, method, **defaults)[0]
+        default = relevance if same else state.compute_maps([method], **defaults)[method]
         rho, iou = st.columns(2)
         rho.metric("Spearman ρ with the defaults", f"{spearman(relevance[None], default[None])[0]:.3f}")
         iou.metric("Top-10% IoU with the defaults", f"{top_k_iou(relevance[None], default[None])[0]:.2f}")

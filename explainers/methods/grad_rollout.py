@@ -1,5 +1,7 @@
 """Gradient-weighted attention rollout (J. Gildenblat, vit-explain, 2020), with its bugs corrected."""
 
+from collections.abc import Iterator
+
 import torch
 
 from ..attention_ops import discard_lowest_, readout_product, readout_row
@@ -30,8 +32,13 @@ def grad_rollout(capture: Capture, *, discard_ratio: float, start_layer: int) ->
     pool ρ = rownorm(ReLU(mean_h(A_pool ⊙ ∂y_t/∂A_pool))).
     """
     protected = capture.layout.protected_index
-    fused = (
-        discard_lowest_(_weighted(capture.attentions[i], capture.gradients[i]), discard_ratio, protected)
-        for i in reversed(range(start_layer, capture.num_layers))
-    )
-    return readout_product(fused, readout_row(capture, _weighted, normalise=True), normalise=True)
+
+    def fused() -> Iterator[torch.Tensor]:  # two workspaces: each Ā_l is consumed before the next is made
+        product = workspace = None
+        for layer in reversed(range(start_layer, capture.num_layers)):
+            attention, gradient = capture.attentions[layer].float(), capture.gradients[layer].float()
+            product = torch.mul(attention, gradient, out=product)
+            workspace = torch.mean(product, dim=1, out=workspace).clamp_min_(0)
+            yield discard_lowest_(workspace, discard_ratio, protected)
+
+    return readout_product(fused(), readout_row(capture, _weighted, normalise=True), normalise=True)

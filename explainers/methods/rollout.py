@@ -28,14 +28,21 @@ def rollout(capture: Capture, *, head_fusion: str, discard_ratio: float, start_l
     or rownorm(fuse_heads(A_pool)) for an attention pool (see ``attention_ops.readout_row``). CaiT's
     patch-only and class-attention blocks chain through the same product (see ``TokenLayout``).
     """
-    layout = capture.layout
-    protected = layout.protected_index
-
-    def fused() -> Iterator[torch.Tensor]:  # one workspace: each Ā_l is consumed before the next is made
-        workspace = None
-        for layer in reversed(range(start_layer, capture.num_layers)):
-            workspace = fuse_heads(capture.attentions[layer], head_fusion, out=workspace)
-            yield discard_lowest_(workspace, discard_ratio, protected)
-
     rho = readout_row(capture, lambda attention, _: fuse_heads(attention, head_fusion), normalise=True)
-    return readout_product(fused(), rho, normalise=True)
+    fused = fused_layers(capture, head_fusion, discard_ratio, start_layer)
+    return readout_product(fused, rho, normalise=True)
+
+
+def fused_layers(
+    capture: Capture, head_fusion: str, discard_ratio: float, start_layer: int
+) -> Iterator[torch.Tensor]:
+    """Ā_l of rollout, from the last block down to ``start_layer``: heads fused, lowest entries discarded
+    (the readout's protected token kept).
+
+    One workspace for all layers: each Ā_l must be consumed before the next one is asked for.
+    """
+    workspace = None
+    protected = capture.layout.protected_index
+    for layer in reversed(range(start_layer, capture.num_layers)):
+        workspace = fuse_heads(capture.attentions[layer], head_fusion, out=workspace)
+        yield discard_lowest_(workspace, discard_ratio, protected)

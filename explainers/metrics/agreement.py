@@ -103,6 +103,30 @@ def agreement_table(maps: Mapping[str, torch.Tensor], fraction: float = 0.1) -> 
     return pd.DataFrame(rows, columns=["method A", "method B", "spearman", "iou"])
 
 
+def paired_table(
+    first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor], fraction: float = 0.1
+) -> pd.DataFrame:
+    """Spearman ρ and top-``fraction`` IoU of each method's map in ``first`` with the same method's map in
+    ``second`` (e.g. one image explained by two models, on a common grid), averaged over the images.
+
+    Args:
+        first, second: method name → maps ``(B, ...)``; methods in ``first`` only are left out.
+
+    Returns:
+        One row per common method (in the order of ``first``), columns ``method``, ``spearman``, ``iou``.
+    """
+    rows = [
+        {
+            "method": method,
+            "spearman": float(spearman(first[method], second[method]).nanmean()),
+            "iou": float(top_k_iou(first[method], second[method], fraction).mean()),
+        }
+        for method in first
+        if method in second
+    ]
+    return pd.DataFrame(rows, columns=["method", "spearman", "iou"])
+
+
 def _flat(relevance: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if relevance.shape != shape or relevance.dim() < 2:
         raise ValueError(f"maps must be batched (B, ...) and of the same shape, got {shape} and "

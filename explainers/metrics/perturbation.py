@@ -21,11 +21,16 @@ is summarised by its area ``AUC = Σ_s (f_{s+1} − f_s)(y_s + y_{s+1}) / 2`` (t
 A removed pixel takes the value of a baseline image, chosen in pixel space and normalised like the input
 (``x̂ = (x − μ) / σ`` with the model's mean ``μ`` and std ``σ``): ``black`` (pixel 0, i.e. ``−μ/σ``),
 ``mean`` (pixel ``μ``, the mean colour of the model's training data, i.e. 0) or ``blur`` (a Gaussian
-blur of the image itself, as in RISE; blurring commutes with the per-channel affine normalisation).
+blur of the image itself, as in RISE; blurring commutes with the per-channel affine normalisation) or
+``road``: ROAD's noisy linear imputation (Rong et al., ICML 2022; :mod:`.road`), where every perturbed
+copy is imputed from its own kept pixels, so the baseline depends on the mask. The noise of a copy is
+drawn from a generator seeded by the image's content and the mask, so it is the same whatever the batch
+(and on every device).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +39,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
+
+from .road import road_impute
 
 
 def fractions_every(percent: int) -> tuple[float, ...]:
@@ -45,7 +52,7 @@ def fractions_every(percent: int) -> tuple[float, ...]:
 
 #: The standard steps: 0%, 10%, …, 90% of the patches.
 FRACTIONS: tuple[float, ...] = fractions_every(10)
-BASELINES: tuple[str, ...] = ("black", "mean", "blur")
+BASELINES: tuple[str, ...] = ("black", "mean", "blur", "road")
 #: RISE blurs with σ = 5 pixels (Petsiuk et al. 2018, insertion baseline).
 BLUR_SIGMA = 5.0
 
@@ -92,7 +99,10 @@ def baseline_images(
     std: Sequence[float],
     blur_sigma: float = BLUR_SIGMA,
 ) -> torch.Tensor:
-    """The normalised ``(B, C, H, W)`` image whose pixels replace removed ones (see the module docstring)."""
+    """The normalised ``(B, C, H, W)`` image whose pixels replace removed ones (see the module docstring);
+    ``road`` has none (it depends on the mask): the images themselves stand in for it."""
+    if baseline == "road":
+        return images
     if baseline == "black":
         mu = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         sigma = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
@@ -165,12 +175,23 @@ def perturbation_curves(
     copies = torch.cat([image_index[:, None], show_image], dim=1)
     copies, inverse = torch.unique(copies, dim=0, return_inverse=True)
 
+    road = baseline == "road"
+    digests = [hashlib.sha256(image.cpu().numpy().tobytes()).digest() for image in images] if road else []
     probability, top1 = [], []
     for start in range(0, copies.shape[0], chunk_size):
         rows = copies[start : start + chunk_size, 0]
         keep = copies[start : start + chunk_size, 1:].view(-1, 1, *grid).to(images.dtype)
         keep = F.interpolate(keep, size=images.shape[-2:], mode="nearest").bool()
-        logits = model(torch.where(keep, images[rows], replacement[rows])).float()
+        if road:
+            shown = copies[start : start + chunk_size, 1:]
+            generators = [
+                torch.Generator().manual_seed(_road_seed(digests[r], bits))
+                for r, bits in zip(rows.tolist(), shown, strict=True)
+            ]
+            perturbed = road_impute(images[rows], ~keep[:, 0], generators=generators)
+        else:
+            perturbed = torch.where(keep, images[rows], replacement[rows])
+        logits = model(perturbed).float()
         probability.append(logits.softmax(dim=-1).gather(1, targets[rows, None])[:, 0])
         top1.append((logits.argmax(dim=-1) == labels[rows]).float())
 
@@ -180,3 +201,9 @@ def perturbation_curves(
 
     x = torch.tensor(fractions, dtype=torch.float32, device=device)
     return PerturbationCurves(fractions=x, probability=per_curve(probability), top1=per_curve(top1))
+
+
+def _road_seed(image_digest: bytes, shown: torch.Tensor) -> int:
+    """The seed of one ROAD copy's noise: a hash of the image's content and of its shown patches."""
+    bits = shown.to(torch.uint8).cpu().numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(image_digest + bits).digest()[:8], "little") >> 1

@@ -56,6 +56,20 @@ def overlays(review: Review) -> dict[str, np.ndarray]:
     }
 
 
+def second_tiles(review: Review) -> list[tuple[str, str, np.ndarray]]:
+    """``(title, caption, picture)`` of a two-model review's second model: its view of the image, then its
+    map over it per method (none for a review of one model)."""
+    second = review.snapshot.second
+    if second is None:
+        return []
+    opacity, colormap = display_settings(review)
+    image = np.asarray(read_image(second.image))
+    tiles = [("Image, model B", f"{second.model} · class {second.target} {second.target_name}", image)]
+    return tiles + [(f"{method_label(name)} · B", second.model, overlay(image, m, opacity=opacity,
+                                                                       colormap=colormap))
+                    for name, m in second.maps.items()]
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
@@ -92,6 +106,7 @@ def grid_image(review: Review) -> np.ndarray:
         (method_label(name), params_text(snapshot.params.get(name, {})), picture)
         for name, picture in overlays(review).items()
     ]
+    tiles += second_tiles(review)
     captions = [[title, *_wrap(subtitle, font, TILE)] for title, subtitle, _ in tiles]
     line = _FONT + 4
     caption_height = line * max(len(c) for c in captions)
@@ -102,6 +117,8 @@ def grid_image(review: Review) -> np.ndarray:
     canvas = Image.new("RGB", (columns * cell_w + _PAD, header + rows * cell_h + footer + _PAD), "white")
     draw = ImageDraw.Draw(canvas)
     title = f"Review #{review.id} · {snapshot.model} · class {snapshot.target} {snapshot.target_name}"
+    if snapshot.second is not None:
+        title += f" · B: {snapshot.second.model}"
     draw.text((_PAD, _PAD), title, fill="black", font=font)
     for index, ((_, _, picture), caption) in enumerate(zip(tiles, captions, strict=True)):
         x = _PAD + (index % columns) * cell_w
@@ -133,8 +150,24 @@ def scores_frame(review: Review) -> pd.DataFrame:
     return frame[["table", *(c for c in frame.columns if c != "table")]]
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every text cell that a spreadsheet would run as a formula prefixed with ``'``
+    (shown as text); numbers, negative ones included, are left as they are."""
+    out = frame.copy()
+    for name, column in frame.items():
+        risky = column.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS)).astype(bool)
+        if risky.any():
+            out[name] = column.astype(object).mask(risky, "'" + column.astype(str))
+    return out
+
+
 def scores_csv(review: Review) -> str:
-    return scores_frame(review).to_csv(index=False)
+    # CRLF rows (RFC 4180): a cell holding a CR or an LF is then quoted.
+    return neutralise_cells(scores_frame(review)).to_csv(index=False, lineterminator="\r\n")
 
 
 def _data_uri(png: bytes) -> str:
@@ -190,6 +223,11 @@ def html_report(review: Review) -> str:
         _figure(png_bytes(picture), method_label(name), _table(snapshot.params.get(name, {})))
         for name, picture in overlays(review).items()
     ]
+    figures += [_figure(png_bytes(picture), title, html.escape(caption))
+                for title, caption, picture in second_tiles(review)]
+    if snapshot.second is not None:
+        facts["Model B"] = f"{snapshot.second.model} on {snapshot.second.device}"
+        facts["Class explained by B"] = f"{snapshot.second.target} {snapshot.second.target_name}"
     opacity, colormap = display_settings(review)
     scores = "".join(
         f"<h3>{html.escape(name)}</h3>"

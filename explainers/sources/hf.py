@@ -15,6 +15,7 @@ and its ``sdpa`` attention calls ``F.scaled_dot_product_attention``, and the rec
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..models import HF_PREFIX, ModelLoadError, _hub_offline, _hub_reachable
+from ..models import HF_PREFIX, ModelLoadError, _check_size, _hub_offline, _hub_reachable
 
 
 def _class_token(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -240,14 +241,17 @@ def data_config(processor: Any, input_size: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def load(source: str) -> tuple[HFVisionTransformer, HFPreprocess, dict[str, Any]]:
+def load(
+    source: str, max_params: int | None = None
+) -> tuple[HFVisionTransformer, HFPreprocess, dict[str, Any]]:
     """``AutoModelForImageClassification`` and its image processor from a local folder or a hub id.
 
     A folder made by ``save_pretrained`` (model and image processor) loads offline. A hub id uses the hub,
     or its cache when offline; offline and not cached fails at once. A checkpoint saved without a
     classifier (e.g. ``Dinov2Model``) loads headless (``num_labels=0``: the output is the pooled
     embedding). Weights missing from the checkpoint are an error, never silently random. No remote code
-    is ever run.
+    is ever run. ``max_params``: refuse a larger architecture (counted on the ``meta`` device from its
+    config, before any weight is read).
     """
     try:
         import transformers
@@ -262,6 +266,13 @@ def load(source: str) -> tuple[HFVisionTransformer, HFPreprocess, dict[str, Any]
     if config.model_type not in _FAMILIES:
         raise ModelLoadError(_unsupported(config.model_type))
     headless = not set(config.architectures or ()) & _image_classification_classes()
+    if max_params is not None:
+        shape_config = copy.deepcopy(config)
+        if headless:
+            shape_config.num_labels = 0
+        with _hf_errors(source), torch.device("meta"):
+            shape_only = transformers.AutoModelForImageClassification.from_config(shape_config)
+        _check_size(f"{HF_PREFIX}{source}", sum(p.numel() for p in shape_only.parameters()), max_params)
     with _hf_errors(source):
         model, info = transformers.AutoModelForImageClassification.from_pretrained(
             location, **hub, dtype=torch.float32, output_loading_info=True,

@@ -1,0 +1,38 @@
+"""Transformer Attribution (Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention
+Visualization", CVPR 2021)."""
+
+from dataclasses import replace
+
+import torch
+
+from ..attention_ops import readout_product
+from ..capture import Capture
+from ..params import START_LAYER
+from ..registry import register
+
+
+@register(
+    "transformer_attribution",
+    label="Transformer Attribution",
+    needs_gradients=True,
+    needs_relevance=True,
+    params=(replace(START_LAYER, default=1),),
+    reference="Chefer, Gur & Wolf, CVPR 2021",
+)
+def transformer_attribution(capture: Capture, *, start_layer: int) -> torch.Tensor:
+    """Gradient-weighted LRP relevance of the attention, accumulated through the blocks.
+
+    Ā_l = mean_h((∂y_t/∂A_l ⊙ R_{A_l})⁺) (Eq. 13), R_A the LRP relevance of the attention map
+    (:mod:`explainers.relevance`, the authors' ``attn_cam``); C = (I + Ā_{L-1}) ⋯ (I + Ā_s) with no row
+    normalisation (Eq. 14, and the code's ``compute_rollout_attention`` in ``ViT_LRP.py``); map =
+    C[cls, patches]. ``start_layer`` defaults to 1 as in the authors' evaluation script
+    (``generate_visualizations.py``; their ``generate_LRP`` default is 0).
+    """
+    layout = capture.layout
+    relevance = capture.relevance.attention
+    fused = (
+        (capture.gradients[layer].float() * relevance[layer].float()).clamp_(min=0).mean(dim=1)
+        for layer in reversed(range(start_layer, capture.num_layers))
+    )
+    rho = layout.readout_vector(capture.batch_size, capture.device)  # e_cls: relevance needs a class token
+    return readout_product(fused, rho, normalise=False)
