@@ -121,6 +121,10 @@ def render(
         if not maps:
             st.caption("Choose at least one explainer to save a review.")
             return
+        if state.scene().headless:
+            st.caption("Reviews record the class explained; this model has no classifier, so its maps cannot "
+                       "be saved to the board.")
+            return
         user = auth.identity()  # with sign-in, the author is who is signed in
         if user is None:
             author = st.text_input("Your name", key="review.author", max_chars=MAX_AUTHOR_CHARS,

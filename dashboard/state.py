@@ -25,6 +25,7 @@ Typical use in a page::
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import os
 import re
@@ -53,6 +54,7 @@ from explainers.images import content_hash, read_image, reduce
 from explainers.layer_readout import check_layer_readout
 from explainers.models import EMBEDDED, LoadedModel, load_model
 from explainers.params import LAYER
+from explainers.relevance import check_supported as check_relevance
 from explainers.relevance import supports as supports_relevance
 from explainers.render import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
 from explainers.reviews import data_dir
@@ -73,6 +75,8 @@ CAPTURE_CACHE_ENTRIES = 16
 MAX_UPLOAD_MB = 25
 #: Largest seed of a generated digit.
 MAX_DIGIT_SEED = 2**31 - 1
+#: The compatibility table of timm families written by ``scripts/compatibility.py`` (one row per family).
+COMPATIBILITY_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compatibility.csv"
 #: A method expected to take longer than this (seconds per image, on the current model) runs only when
 #: the user asks; the others are computed at once.
 SLOW_SECONDS = 1.0
@@ -153,6 +157,8 @@ class ViewState:
         image: ``"gallery:<id>"``, ``"digit:<seed>"`` (a generated cluttered digit) or
             ``"upload:<hash>"`` (an uploaded file kept under its content hash); None: the first gallery image.
         target: class explained; None: the top prediction.
+        reference: headless models only (no classifier): the image, as an image reference, whose
+            embedding's cosine similarity the gradient methods explain; None: attention-only methods.
         methods: explainers shown side by side; None: all registered ones.
         params: explainer → parameter → value, only values that differ from the declared defaults.
         options: :data:`OPTIONS` name → value, only values that differ from the defaults.
@@ -166,6 +172,7 @@ class ViewState:
     device: str = "cpu"
     image: str | None = None
     target: int | None = None
+    reference: str | None = None
     methods: tuple[str, ...] | None = None
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -213,6 +220,8 @@ class ViewState:
             query["image"] = self.image
         if self.target is not None:
             query["target"] = str(self.target)
+        if self.reference:
+            query["reference"] = self.reference
         if self.methods is not None:
             query["methods"] = ",".join(self.methods)
         if self.second is not None:
@@ -260,7 +269,8 @@ class ViewState:
 
     def validated(self, dims: Mapping[str, int]) -> tuple[ViewState, list[str]]:
         """This view with every value checked against a model's ``dims`` (``num_layers``, ``num_heads``,
-        ``num_classes``); invalid values are dropped (so their defaults apply), each with a message."""
+        ``num_classes``); invalid values are dropped (so their defaults apply), each with a message. A
+        reference image is kept for headless models only (``num_classes == 0``)."""
         problems: list[str] = []
         target = self.target
         if target is not None and target >= dims["num_classes"]:
@@ -274,7 +284,8 @@ class ViewState:
             if kept:
                 params[method] = kept
         options = {name: v for name, v in self.options.items() if _valid(OPTIONS[name], v, dims, problems)}
-        return replace(self, target=target, params=params, options=options), problems
+        reference = self.reference if dims["num_classes"] == 0 else None  # only headless models use one
+        return replace(self, target=target, reference=reference, params=params, options=options), problems
 
 
 _DEFAULT = object()
@@ -348,7 +359,7 @@ def _parse_field(key: str, text: str) -> Any:
         if not text.strip():
             raise ValueError(f"{key} is empty")
         return text.strip()
-    if key == "image":
+    if key in ("image", "reference"):
         parse_image_ref(text)
         return text
     if key == "target":
@@ -402,6 +413,25 @@ def _load_model(
     return load_model(spec, device, weights, max_params=max_params)
 
 
+@st.cache_resource(show_spinner=False)
+def supported_timm_models(path: Path = COMPATIBILITY_CSV) -> dict[str, str]:
+    """timm model name → its family's readout label, for every family whose every explainer passed in the
+    compatibility table (``scripts/compatibility.py``: the same :func:`explainers.describe_model` check).
+    Empty when the table has not been written."""
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return {}
+    methods = list_explainers()
+    names = {}
+    for row in rows:
+        if all(str(row.get(m) or "").startswith("✓") for m in methods):
+            readout = row["summary"].split(" · ")[0]
+            names.update({name: readout for name in row["models"].split()})
+    return dict(sorted(names.items()))
+
+
 def get_model(spec: str, device: str, weights: str | None) -> LoadedModel:
     """The model, loaded once per (spec, device, weights file and its version); ``ValueError`` if it fails.
 
@@ -411,7 +441,7 @@ def get_model(spec: str, device: str, weights: str | None) -> LoadedModel:
     """
     policy = VisitorPolicy.from_env()
     path = None if weights is None else str(policy.weights_path(weights))
-    return _load_model(spec, device, path, _file_stamp(path), policy.max_params)
+    return _load_model(policy.model_spec(spec), device, path, _file_stamp(path), policy.max_params)
 
 
 def load_slot(slot: ModelSlot) -> LoadedModel:
@@ -542,19 +572,22 @@ class Analysis:
     Attributes:
         key: what identifies it: spec, device, weights, image content hash, target (a cache key for anything
             computed from the capture).
-        capture: forward and backward pass (batch of one), with gradients.
+        capture: forward and backward pass (batch of one), with gradients; for a headless model without a
+            reference, the attention only.
         display: ``uint8 (H, W, 3)``, the preprocessed input, the pixels the maps refer to.
         box: the ground-truth box carried into ``display`` coordinates, where known.
-        probabilities: softmax of the logits, ``(num_classes,)``.
+        probabilities: softmax of the logits, ``(num_classes,)``; None for a headless model.
         seconds: how long the capture took.
+        similarity: headless model with a reference: the explained cosine similarity, else None.
     """
 
     key: tuple
     capture: Capture
     display: np.ndarray
     box: tuple[int, int, int, int] | None
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
     seconds: float
+    similarity: float | None = None
 
 
 def _box_in_view(model: LoadedModel, size: tuple[int, int], box: tuple[int, int, int, int]) -> tuple | None:
@@ -571,23 +604,41 @@ def _box_in_view(model: LoadedModel, size: tuple[int, int], box: tuple[int, int,
 @st.cache_resource(max_entries=CAPTURE_CACHE_ENTRIES, show_spinner=False)
 def _analyse(
     spec: str, device: str, weights: str | None, stamp: Any, sha: str, target: int | None,
-    _model: LoadedModel, _record: ImageRecord,
+    reference_sha: str | None, _model: LoadedModel, _record: ImageRecord, _reference: ImageRecord | None,
 ) -> Analysis:
     start = time.perf_counter()
     tensor = _model.preprocess(_record.image)
-    try:  # one capture for every method: with LeGrad's per-layer readouts where the model has them
-        check_layer_readout(_model.model)
-        layer_gradients = True
-    except ValueError:
-        layer_gradients = False
+    images = tensor[None].to(_model.device)
     relevance = supports_relevance(_model.model)  # LRP methods read it; other readouts are refused there
-    capture = explainers.capture(_model.model, tensor[None].to(_model.device), target, relevance=relevance,
-                                 layer_gradients=layer_gradients)
+    if has_head(_model):
+        try:  # one capture for every method: with LeGrad's per-layer readouts where the model has them
+            check_layer_readout(_model.model)
+            layer_gradients = True
+        except ValueError:
+            layer_gradients = False
+        capture = explainers.capture(_model.model, images, target, relevance=relevance,
+                                     layer_gradients=layer_gradients)
+    elif _reference is None:
+        capture = explainers.capture(_model.model, images, gradients=False, logits=False)
+    else:  # LeGrad's per-layer readouts explain a class logit, not a similarity
+        reference = explainers.SimilarityTarget(_model.preprocess(_reference.image)[None].to(_model.device))
+        capture = explainers.capture(_model.model, images, reference, relevance=relevance)
     seconds = time.perf_counter() - start
     box = None if _record.box is None else _box_in_view(_model, _record.image.size, _record.box)
-    probabilities = capture.logits[0].float().softmax(-1).cpu().numpy()
-    key = (spec, device, weights, stamp, sha, target)
-    return Analysis(key, capture, _model.to_display(tensor), box, probabilities, seconds)
+    probabilities = None if capture.logits is None else capture.logits[0].float().softmax(-1).cpu().numpy()
+    similarity = None if _reference is None or capture.scores is None else float(capture.scores[0])
+    key = (spec, device, weights, stamp, sha, target, reference_sha)
+    return Analysis(key, capture, _model.to_display(tensor), box, probabilities, seconds, similarity)
+
+
+def has_head(model: LoadedModel) -> bool:
+    """Whether the model has a classifier; headless backbones explain the similarity to a reference."""
+    return describe(model).has_head
+
+
+def describe(model: LoadedModel) -> explainers.ModelDescription:
+    """What the explainers read from the model: readout, prefix tokens, grid, layers, heads, head or not."""
+    return explainers.describe_model(model.model)
 
 
 def dims_of(model: LoadedModel) -> dict[str, int]:
@@ -595,10 +646,14 @@ def dims_of(model: LoadedModel) -> dict[str, int]:
     return {**model_dims(model.model), "num_classes": len(model.class_names)}
 
 
-def analyse(model: LoadedModel, record: ImageRecord, target: int | None) -> Analysis:
-    """The (cached) analysis of ``record`` by ``model`` for ``target`` (None: the top prediction)."""
+def analyse(
+    model: LoadedModel, record: ImageRecord, target: int | None, reference: ImageRecord | None = None
+) -> Analysis:
+    """The (cached) analysis of ``record`` by ``model`` for ``target`` (None: the top prediction); for a
+    headless model, of its similarity to ``reference`` (None: attention only)."""
+    reference = None if has_head(model) else reference
     return _analyse(model.spec, model.device, model.weights, _file_stamp(model.weights), record.sha, target,
-                    model, record)
+                    None if reference is None else reference.sha, model, record, reference)
 
 
 # ----------------------------------------------------------------------------------------------- session
@@ -652,11 +707,13 @@ def take_notices() -> list[tuple[str, str]]:
 
 @dataclass(frozen=True, eq=False)
 class Scene:
-    """What this run explains: the loaded model, the image and its analysis for the current target."""
+    """What this run explains: the loaded model, the image and its analysis for the current target (or, for
+    a headless model, for its similarity to the reference image, when one is chosen)."""
 
     model: LoadedModel
     image: ImageRecord
     analysis: Analysis
+    reference: ImageRecord | None = None
 
     @property
     def capture(self) -> Capture:
@@ -671,11 +728,19 @@ class Scene:
         return tuple(self.model.model.patch_embed.patch_size)
 
     @property
-    def target(self) -> int:
-        return int(self.capture.targets[0])
+    def target(self) -> int | None:
+        """The class explained; None for a headless model."""
+        targets = self.capture.targets
+        return None if targets is None else int(targets[0])
+
+    @property
+    def headless(self) -> bool:
+        return self.analysis.probabilities is None
 
     def top(self, k: int = 5) -> list[tuple[int, float]]:
-        """The ``k`` most probable classes with their probabilities."""
+        """The ``k`` most probable classes with their probabilities (none for a headless model)."""
+        if self.analysis.probabilities is None:
+            return []
         order = np.argsort(-self.analysis.probabilities)[:k]
         return [(int(c), float(self.analysis.probabilities[c])) for c in order]
 
@@ -698,6 +763,8 @@ class Scene:
 
 def matching_target(first: Scene, model: LoadedModel) -> int | None:
     """The class of ``model`` with the name of the class ``first`` explains, or None (its own prediction)."""
+    if first.target is None:  # a headless first model explains no class
+        return None
     name = first.class_name(first.target)
     return model.class_names.index(name) if name in model.class_names else None
 
@@ -806,6 +873,17 @@ def compute_maps(
     analysis, store = at.analysis, _map_store()
     maps = {}
     for method in methods:
+        explainer = get_explainer(method)
+        if explainer.needs_gradients and analysis.capture.gradients is None:
+            raise ValueError(f"{explainer.label} explains a score: this model has no classifier, so choose a "
+                             "reference image in the sidebar and it explains the similarity to it.")
+        if explainer.needs_relevance and analysis.capture.relevance is None:
+            check_relevance(at.model.model)  # the model's own reason, when it has one
+        if explainer.cost.layer_backwards and analysis.capture.layer_gradients is None:
+            check_layer_readout(at.model.model)
+            if at.headless:
+                raise ValueError(f"{explainer.label} explains a class logit through the model's head, not a "
+                                 "similarity: this model has no classifier.")
         params = _params(method, overrides, at)
         key = _map_key(method, params, at)
         relevance = store.get(key)

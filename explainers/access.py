@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import ModelLoadError
+from .models import HF_PREFIX, ModelLoadError
 from .reviews.store import data_dir
 
 WEIGHT_DIRS_ENV = "VIT_EXPLAIN_WEIGHT_DIRS"
@@ -76,3 +76,27 @@ class VisitorPolicy:
             raise ModelLoadError(f"There is no weights file {text!r} in the allowed folders (uploads go to "
                                  "the data folder's weights/).")
         return path
+
+    def model_spec(self, spec: str) -> str:
+        """A visitor's model name, with an ``hf:<folder>`` checked like a weight file: a folder (relative
+        names are in the data folder) inside the allowed folders becomes its absolute path; a hub id such as
+        ``hf:google/vit-base-patch16-224`` stays (the hub or its cache); any other path is refused with one
+        answer, whether or not it exists. timm names and "embedded" are returned unchanged."""
+        if not spec.startswith(HF_PREFIX):
+            return spec
+        text = spec[len(HF_PREFIX) :].strip()
+        refused = ModelLoadError(
+            f"Model folder {text!r} refused: Hugging Face folders come from this server's data folder or "
+            f"folders the operator allows with {WEIGHT_DIRS_ENV}; a hub id looks like "
+            "hf:google/vit-base-patch16-224."
+        )
+        try:
+            path = (self.data_dir / text).resolve() if text else None
+        except (OSError, ValueError, RuntimeError):
+            raise refused from None
+        if path is not None and path.is_dir() and any(path.is_relative_to(f) for f in self.weight_dirs):
+            return f"{HF_PREFIX}{path}"
+        hub_id = text.count("/") <= 1 and not text.startswith((".", "/", "~")) and "\\" not in text
+        if text and hub_id and not Path(text).exists():  # never a folder of the server's working directory
+            return spec
+        raise refused

@@ -1,4 +1,5 @@
-"""One loader for the embedded model, timm hub models and timm models with weights from a local file.
+"""One loader for the embedded model, timm hub models, timm models with weights from a local file and
+Hugging Face ``transformers`` classifiers (``"hf:<folder or hub id>"``, :mod:`explainers.sources.hf`).
 
 Every model comes back with timm's own data config (``timm.data.resolve_model_data_config``) and eval
 transform, so input size, interpolation, mean and std always come from the model's ``pretrained_cfg``.
@@ -31,6 +32,7 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
 EMBEDDED = "embedded"
+HF_PREFIX = "hf:"
 EMBEDDED_DIR = Path(__file__).with_name("embedded")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -97,8 +99,9 @@ def load_model(
 ) -> LoadedModel:
     """Load a model in eval mode on ``device``; no caching, every call builds a new model.
 
-    spec: "embedded" (the project's cluttered-digit ViT) or any timm model name, optionally with a
-        pretrained tag ("vit_base_patch16_224.augreg_in21k_ft_in1k").
+    spec: "embedded" (the project's cluttered-digit ViT), any timm model name, optionally with a
+        pretrained tag ("vit_base_patch16_224.augreg_in21k_ft_in1k"), or "hf:<folder or hub id>" for a
+        Hugging Face ``transformers`` image classifier (see :mod:`explainers.sources.hf`).
     weights: a local ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` state dict (possibly nested under
         "model" or "state_dict"); the classifier size follows the file. For a timm name, None means the
         pretrained weights from the hub or its cache; offline and not cached fails within seconds.
@@ -114,6 +117,8 @@ def load_model(
     if kind not in available_devices():
         raise ModelLoadError(f"Device {device!r} is not available here; choose one of {available_devices()}.")
     try:
+        if spec.startswith(HF_PREFIX):
+            return _hugging_face(spec, device, weights, max_params)
         if spec == EMBEDDED:
             model, class_names = _embedded(weights, max_params)
         elif weights is not None:
@@ -139,6 +144,27 @@ def load_model(
         model=model,
         preprocess=Preprocess(data_config),
         class_names=class_names,
+        data_config=data_config,
+    )
+
+
+def _hugging_face(
+    spec: str, device: str, weights: str | os.PathLike | None, max_params: int | None
+) -> LoadedModel:
+    from .sources import hf
+
+    if weights is not None:
+        raise ModelLoadError(
+            f"{spec} takes its weights from its folder or hub repository; weights= is only for timm models."
+        )
+    model, preprocess, data_config = hf.load(spec[len(HF_PREFIX) :], max_params)
+    return LoadedModel(
+        spec=spec,
+        device=device,
+        weights=None,
+        model=model.eval().to(device),
+        preprocess=preprocess,
+        class_names=model.class_names,
         data_config=data_config,
     )
 

@@ -308,3 +308,31 @@ def test_the_server_refuses_an_upload_request_over_the_limit(server, browser, tm
         uploader.locator("input[type=file]").set_input_files(str(small))
     assert response.value.status == 413
     page.close()
+
+
+def test_a_headless_model_takes_a_reference_image(server, browser, tmp_path):
+    """A headless Hugging Face backbone: the sidebar asks for a reference image, then explains similarity."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    small = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
+    transformers.Dinov2Model(transformers.Dinov2Config(**small, mlp_ratio=2)).save_pretrained(tmp_path)
+    crop = {"height": 32, "width": 32}
+    transformers.BitImageProcessor(size={"shortest_edge": 36}, crop_size=crop).save_pretrained(tmp_path)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/?model=hf:{tmp_path}")
+    wait_until_idle(page)
+    sidebar = page.locator("[data-testid=stSidebar]")
+    assert "headless" in sidebar.inner_text() and "Reference image" in sidebar.inner_text()
+    reference = page.locator("[data-testid=stSelectbox]").filter(has_text="Explain the similarity to")
+    reference.click()
+    page.get_by_role("option").nth(2).click()
+    page.get_by_text("Cosine similarity of the embeddings").wait_for(timeout=RENDER_TIMEOUT_MS)
+    wait_until_idle(page)
+    assert page.locator("[data-testid=stException]").count() == 0
+    assert dict(parse_qsl(urlsplit(page.url).query))["reference"].startswith("gallery:")
+    assert "find this image like" in page.locator("[data-testid=stMain]").inner_text()
+    folder = Path(os.environ.get("VIT_EXPLAIN_SCREENSHOTS") or tmp_path)
+    page.screenshot(path=str(folder / "headless_reference.png"), full_page=True)
+    page.close()

@@ -12,6 +12,12 @@ from explainers.access import WEIGHT_DIRS_ENV
 from tests.dashboard_apptest import images, open_app, problems
 
 
+@pytest.fixture(autouse=True)
+def weight_dirs(monkeypatch, tmp_path_factory):
+    """The visitor policy allows the weight files these tests write (pytest's base temporary folder)."""
+    monkeypatch.setenv(WEIGHT_DIRS_ENV, str(tmp_path_factory.getbasetemp()))
+
+
 def costs(app) -> list[str]:
     return [c.value for c in app.main.caption if c.value.startswith("Cost: ")]
 

@@ -44,7 +44,7 @@ def run_python(code: str, cwd: Path, *path: Path) -> None:
 
 
 def test_the_readme_has_the_blocks_this_test_knows():
-    assert len(blocks("python")) == 4 and len(blocks("toml")) == 2 and len(commands()) >= 15
+    assert len(blocks("python")) == 5 and len(blocks("toml")) == 2 and len(commands()) >= 15
 
 
 def test_the_library_snippets_run_as_written(tmp_path):

@@ -8,6 +8,7 @@ import streamlit as st
 import torch
 
 from dashboard import review_panel, state, widgets
+from dashboard.markup import escape
 from dashboard.state import Scene
 from explainers import get_explainer, list_explainers
 from explainers.alignment import common_pixels, difference, unit_range
@@ -77,6 +78,35 @@ def agreement(maps: dict[str, torch.Tensor], top: int) -> None:
                 help="Overlap of the most relevant patches of both maps (0 … 1)."),
         },
     )
+
+
+def question(scene: state.Scene) -> None:
+    """What the maps answer: why this class, or (headless model) why this similarity to the reference."""
+    name = escape(scene.model.spec)
+    if scene.headless and scene.reference is None:
+        st.info(f"**{name}** has no classifier (a headless backbone): rollout and raw attention "
+                "show where it attends. Choose a reference image in the sidebar and the gradient methods "
+                "explain why the two images are alike (the cosine similarity of their embeddings).")
+    elif scene.headless:
+        st.markdown(f"Why does **{name}** find this image like **{escape(scene.reference.title)}** "
+                    f"(cosine similarity {scene.analysis.similarity:.3f})? Every explainer answers from the "
+                    "same forward and backward pass.")
+    else:
+        probability = scene.analysis.probabilities[scene.target]
+        st.markdown(f"Why does **{name}** see **{escape(scene.class_name(scene.target))}** "
+                    f"(p = {probability:.1%})? Every explainer answers from the same forward and backward "
+                    "pass.")
+
+
+def explained(scene: Scene) -> str:
+    """What a scene's maps explain, as Markdown: its class, or a headless model's similarity."""
+    if not scene.headless:
+        return (f"**{escape(scene.class_name(scene.target))}** "
+                f"(p = {scene.analysis.probabilities[scene.target]:.1%})")
+    if scene.analysis.similarity is None:
+        return "no score (no classifier and no reference image: attention only)"
+    return (f"the similarity to **{escape(scene.reference.title)}** "
+            f"(cosine {scene.analysis.similarity:.3f})")
 
 
 def on_grid(scene: Scene, maps: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -150,14 +180,15 @@ def cross_model_agreement(first: dict[str, np.ndarray], second: dict[str, np.nda
 def two_models(methods: list[str], first: Scene, second: Scene) -> tuple[list[dict], list[dict]]:
     """Every method for both models in aligned rows with the difference; both models' maps, and both on
     the image grid."""
-    same = second.class_name(second.target) == first.class_name(first.target)
-    target_a, target_b = (f"**{s.class_name(s.target)}** (p = {s.analysis.probabilities[s.target]:.1%})"
-                          for s in (first, second))
-    if same:
+    target_a, target_b = explained(first), explained(second)
+    if first.headless or second.headless:
+        st.info(f"Model A explains {target_a}; model B explains {target_b}.", icon=":material/link:")
+    elif second.class_name(second.target) == first.class_name(first.target):
         st.info(f"Both models explain the class {target_a} (A) and {target_b} (B).", icon=":material/link:")
     else:
-        st.warning(f"Model B has no class “{first.class_name(first.target)}”: each model explains its own "
-                   f"prediction, {target_a} for A and {target_b} for B.")
+        missing = escape(first.class_name(first.target))
+        st.warning(f"Model B has no class “{missing}”: each model explains its own prediction, {target_a} "
+                   f"for A and {target_b} for B.")
     maps, grids = [{}, {}], [{}, {}]
     for start in range(0, len(methods), COLUMNS):
         with st.container(border=True):
@@ -176,10 +207,7 @@ def main() -> None:
     truth = " · green: ground-truth box" if scene.analysis.box else ""
     picture.image(widgets.input_image(), caption=f"{scene.image.title}{truth}", width="stretch")
     with summary:
-        probability = scene.analysis.probabilities[scene.target]
-        st.markdown(f"Why does **{scene.model.spec}** see **{scene.class_name(scene.target)}** "
-                    f"(p = {probability:.1%})? Every explainer answers from the same forward and backward "
-                    "pass.")
+        question(scene)
         methods = widgets.controlled(st.multiselect, "c.methods", view.shown_methods(), label="Explainers",
                                      options=list_explainers(), format_func=method_label)
         state.commit(replace(state.view(), methods=None if methods == list_explainers() else tuple(methods)))

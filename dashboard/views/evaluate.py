@@ -284,6 +284,11 @@ def opened() -> None:
 def main() -> None:
     model = state.scene().model
     st.header("Evaluate explainers")
+    if state.scene().headless:
+        st.info("The evaluation measures how a class probability changes as patches are removed; this model "
+                "has no classifier (headless), so there is nothing to evaluate. Choose a classifier in the "
+                "sidebar.")
+        return
     if st.radio("Results", list(MODES), format_func=MODES.get, horizontal=True, key="ev.mode") == "open":
         opened()
         return

@@ -5,7 +5,6 @@ import time
 
 import streamlit as st
 
-import explainers
 from dashboard import state, widgets
 from explainers import get_explainer
 from explainers.metrics.agreement import spearman, top_k_iou
@@ -29,7 +28,7 @@ def explore(method: str) -> None:
         else:
             timing, start = st.empty(), time.perf_counter()
             try:
-                relevance = explainers.compute(scene.capture, method, **params)[0]
+                relevance = state.compute_maps([method], **params)[method]
             except ValueError as error:
                 st.error(str(error))
                 return

@@ -1,0 +1,1 @@
+"""Model sources other than timm: each adapter presents its models the way the capture reads a timm ViT."""
