@@ -49,6 +49,8 @@ from explainers.statistics import (
 )
 
 ROWS, SIGNATURE, TOTAL, SKIPPED = "ev.rows", "ev.signature", "ev.total", "ev.skipped"
+#: Parameter expanders per row under the method picker.
+PARAMETER_COLUMNS = 5
 SOURCES = {"digits": "Generated cluttered digits", "gallery": "Gallery", "uploads": "Uploaded images"}
 METRIC_LABELS = {
     "perturbation": "Perturbation curves",
@@ -102,9 +104,11 @@ def settings(model: LoadedModel) -> Evaluation | None:
                                  options=list_explainers(), format_func=method_label)
     state.commit(replace(state.view(), methods=None if methods == list_explainers() else tuple(methods)))
     if methods:
-        for column, method in zip(st.columns(len(methods)), methods, strict=True):
-            with column.expander(method_label(method)):
-                widgets.explainer_controls(method)
+        for start in range(0, len(methods), PARAMETER_COLUMNS):  # rows of expanders, readable widths
+            row = methods[start : start + PARAMETER_COLUMNS]
+            for column, method in zip(st.columns(PARAMETER_COLUMNS), row, strict=False):
+                with column.expander(method_label(method)):
+                    widgets.explainer_controls(method)
     left, middle, right = st.columns(3)
     metrics = left.multiselect("Metrics", METRICS, default=list(METRICS), format_func=METRIC_LABELS.get,
                                key="ev.metrics")
