@@ -310,18 +310,20 @@ def test_the_server_refuses_an_upload_request_over_the_limit(server, browser, tm
     page.close()
 
 
-def test_a_headless_model_takes_a_reference_image(server, browser, tmp_path):
+def test_a_headless_model_takes_a_reference_image(server, browser, weight_dir, tmp_path):
     """A headless Hugging Face backbone: the sidebar asks for a reference image, then explains similarity."""
     transformers = pytest.importorskip("transformers")
     import torch
 
+    folder = weight_dir / "dinov2-headless"  # an hf: folder visitors may open (VIT_EXPLAIN_WEIGHT_DIRS)
+
     torch.manual_seed(0)
     small = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
-    transformers.Dinov2Model(transformers.Dinov2Config(**small, mlp_ratio=2)).save_pretrained(tmp_path)
+    transformers.Dinov2Model(transformers.Dinov2Config(**small, mlp_ratio=2)).save_pretrained(folder)
     crop = {"height": 32, "width": 32}
-    transformers.BitImageProcessor(size={"shortest_edge": 36}, crop_size=crop).save_pretrained(tmp_path)
+    transformers.BitImageProcessor(size={"shortest_edge": 36}, crop_size=crop).save_pretrained(folder)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{server}/?model=hf:{tmp_path}")
+    page.goto(f"{server}/?model=hf:{folder}")
     wait_until_idle(page)
     sidebar = page.locator("[data-testid=stSidebar]")
     assert "headless" in sidebar.inner_text() and "Reference image" in sidebar.inner_text()
