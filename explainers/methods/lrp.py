@@ -3,14 +3,14 @@
 import torch
 
 from ..capture import Capture
-from ..registry import register
+from ..registry import Cost, register
 
 
 @register(
     "lrp",
     label="LRP (full)",
     needs_gradients=False,
-    needs_relevance=True,
+    cost=Cost(lrp_passes=1),
     reference="Bach et al., PLOS ONE 2015; rules of Chefer, Gur & Wolf, CVPR 2021",
 )
 def lrp(capture: Capture) -> torch.Tensor:

@@ -3,14 +3,14 @@
 import torch
 
 from ..capture import Capture
-from ..registry import register
+from ..registry import Cost, register
 
 
 @register(
     "partial_lrp",
     label="Partial LRP",
     needs_gradients=False,
-    needs_relevance=True,
+    cost=Cost(lrp_passes=1),
     reference="Voita et al., ACL 2019; as in Chefer, Gur & Wolf, CVPR 2021",
 )
 def partial_lrp(capture: Capture) -> torch.Tensor:

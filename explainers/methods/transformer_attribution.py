@@ -8,14 +8,14 @@ import torch
 from ..attention_ops import readout_product
 from ..capture import Capture
 from ..params import START_LAYER
-from ..registry import register
+from ..registry import Cost, register
 
 
 @register(
     "transformer_attribution",
     label="Transformer Attribution",
     needs_gradients=True,
-    needs_relevance=True,
+    cost=Cost(lrp_passes=1),
     params=(replace(START_LAYER, default=1),),
     reference="Chefer, Gur & Wolf, CVPR 2021",
 )
