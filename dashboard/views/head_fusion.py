@@ -68,10 +68,14 @@ def chosen_patch() -> tuple[int, int]:
 
 
 def on_patch_click(selection: dict) -> None:
-    """A newly clicked patch (a point of the picker) becomes the view's patch."""
+    """A newly clicked patch becomes the view's patch: the picker's point ``i`` is patch ``i`` (row-major).
+
+    The point's index, not its ``customdata``: the browser reports a row of a NumPy ``customdata`` as a
+    typed array, which reaches Python as ``{"0": …, "1": …}``.
+    """
     points = selection.get("selection", {}).get("points", [])
-    if widgets.newly_reported(PICKER_KEY, [p.get("customdata") for p in points]) and points:
-        patch = int(points[0]["customdata"][0])
+    if widgets.newly_reported(PICKER_KEY, [p.get("point_index") for p in points]) and points:
+        patch = int(points[0]["point_index"])
         state.commit(state.view().with_option("patch", patch, state.scene().dims))
         st.rerun()
 
@@ -88,14 +92,16 @@ def patch_picker(row: int, column: int) -> None:
     rows, columns = np.divmod(np.arange(grid_h * grid_w), grid_w)
     figure.add_trace(go.Scatter(
         x=(columns + 0.5) * cell_w, y=(rows + 0.5) * cell_h, mode="markers",
-        customdata=np.stack([np.arange(grid_h * grid_w), rows, columns], axis=1),
-        hovertemplate="patch (%{customdata[1]}, %{customdata[2]})<extra></extra>",
+        customdata=np.stack([rows, columns], axis=1),
+        hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<extra></extra>",
         marker={"symbol": "square", "size": 0.8 * PICKER_PX / max(grid_h, grid_w), "opacity": 0.12,
                 "color": "white", "line": {"width": 0}},
         selected={"marker": {"opacity": 0.35}}, unselected={"marker": {"opacity": 0.12}},
     ))
     figure.update_traces(hoverinfo="skip", hovertemplate=None, selector={"type": "image"})  # clicks: points
-    figure.update_xaxes(visible=False).update_yaxes(visible=False)
+    # The plot area is the image: no autorange padding for the markers, so a patch is where it looks.
+    figure.update_xaxes(visible=False, range=[0, image.shape[1]], autorange=False)
+    figure.update_yaxes(visible=False, range=[image.shape[0], 0], autorange=False)
     figure.update_layout(width=PICKER_PX, height=PICKER_PX, margin={"l": 0, "r": 0, "t": 0, "b": 0},
                          showlegend=False, dragmode=False)
     selection = st.plotly_chart(figure, key=PICKER_KEY, on_select="rerun", selection_mode="points",
