@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import pkgutil
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -29,28 +30,34 @@ PLUGIN_GROUP = "explainers.methods"
 
 
 def method_names() -> list[str]:
-    """The registered explainers' names in registration order (:func:`explainers.list_explainers`).
+    """The registered explainers' names in registration order, as :func:`explainers.list_explainers`.
 
-    Read from the ``register("name", …)`` calls of the modules of ``explainers/methods/`` (in the order
-    :mod:`explainers.methods` imports them) without importing them. Where that cannot be exact (an
-    installed plugin, a sub-package, a name that is not a literal), the registry itself answers.
+    In a fresh process without plugins (``python -m explainers --help``) they are read from the method
+    files (:func:`declared_method_names`) without importing torch; otherwise the registry answers.
     """
+    if "explainers.registry" not in sys.modules and not entry_points(group=PLUGIN_GROUP):
+        declared = declared_method_names()
+        if declared is not None:
+            return declared
+    from .registry import list_explainers
+
+    return list_explainers()
+
+
+def declared_method_names() -> list[str] | None:
+    """The names of the ``register("name", …)`` calls in the modules of ``explainers/methods/``, in the
+    order :mod:`explainers.methods` imports them (what registering them gives), read without importing
+    them; ``None`` where the files do not say it literally (a sub-package, a name computed at run time)."""
     names: list[str] = []
     for module in sorted(pkgutil.iter_modules([str(METHODS_DIR)]), key=lambda m: m.name):
         if module.ispkg:
-            return _registered()
+            return None
         tree = ast.parse((METHODS_DIR / f"{module.name}.py").read_text(encoding="utf-8"))
         calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
                  and getattr(node.func, "id", getattr(node.func, "attr", None)) == "register"]
         for call in sorted(calls, key=lambda node: (node.lineno, node.col_offset)):
             first = call.args[0] if call.args else None
             if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
-                return _registered()
+                return None
             names.append(first.value)
-    return _registered() if entry_points(group=PLUGIN_GROUP) else names
-
-
-def _registered() -> list[str]:
-    from .registry import list_explainers
-
-    return list_explainers()
+    return names

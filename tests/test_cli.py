@@ -14,7 +14,7 @@ from PIL import Image
 
 from explainers import cli, commands, models
 from explainers.evaluate import Evaluation
-from explainers.names import method_names
+from explainers.names import declared_method_names, method_names
 from explainers.registry import list_explainers
 from tests.test_evaluate import tiny_loaded
 
@@ -198,8 +198,10 @@ def test_evaluate_help_names_the_methods_and_the_defaults(capsys: pytest.Capture
     assert "(default: black)" in text and "(default: predicted)" in text and "road" in text
 
 
-def test_the_help_lists_the_registered_methods_without_importing_them() -> None:
-    """``--help`` reads the method names from the method files; they are the registry's, in its order."""
+def test_the_method_files_declare_the_registered_names() -> None:
+    """``--help`` in a fresh process reads the method names from the method files: the registry's, in its
+    order; in a process that has the registry (plugins registered in it included), the registry's."""
+    assert declared_method_names() == list_explainers()
     assert method_names() == list_explainers()
 
 
@@ -226,6 +228,8 @@ def test_help_and_usage_errors_import_nothing_heavy(arguments: list[str], status
     run = subprocess.run([sys.executable, "-X", "importtime", "-m", "explainers", *arguments], cwd=root,
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == status, run.stderr[-2000:]
+    if arguments[1:] == ["--help"]:  # evaluate --help, explain --help
+        assert f"({', '.join(list_explainers())})" in " ".join(run.stdout.split())  # every method, in order
     imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
                 if line.startswith("import time:")}
     assert {"explainers", "explainers.cli", "explainers.names", "argparse"} <= imported
