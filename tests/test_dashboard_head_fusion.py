@@ -69,3 +69,18 @@ def test_a_clicked_patch_becomes_the_views_patch():
     app.run()
     assert not problems(app)
     assert app.query_params["patch"] == "21"
+
+
+def test_charts_carry_no_colour_that_streamlit_rewrites():
+    """Streamlit's frontend replaces #000001–#000010 in every Plotly figure (its theme's placeholders):
+    Inferno's first stop #000004 turned zero attention lavender in the browser."""
+    app = open_app(page="head_fusion")
+    specs = plotly_specs(app)
+    assert specs
+    placeholders = [f"#0000{i:02d}" for i in range(1, 11)]
+    for spec in map(json.loads, specs):
+        spec["layout"].pop("template", None)  # the theme's own placeholders, there to be replaced
+        text = json.dumps(spec).lower()
+        assert not [c for c in placeholders if c in text]
+    cls_rows = json.loads(specs[-1])
+    assert cls_rows["layout"]["coloraxis"]["colorscale"][0][1] == "rgb(0, 0, 4)"  # Inferno's black, as rgb

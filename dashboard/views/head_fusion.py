@@ -5,6 +5,7 @@ token's."""
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.colors import convert_colors_to_same_type
 import streamlit as st
 
 from dashboard import state, widgets
@@ -18,6 +19,9 @@ HEADS_PER_ROW = 6
 IMAGE_PX = 260
 PICKER_PX, PANEL_PX = 380, 110
 PICKER_KEY = "h.patch_picker"
+#: Plotly's Inferno written as rgb(): Streamlit's chart frontend rewrites the colours #000001 to #000010
+#: anywhere in a figure (its theme's placeholders, even with ``theme=None``), and Inferno starts at #000004.
+INFERNO = convert_colors_to_same_type(px.colors.sequential.Inferno, "rgb")[0]
 
 
 def declares(method: str, *params: str) -> bool:
@@ -113,7 +117,7 @@ def rows_figure(rows: np.ndarray, title: str) -> go.Figure:
     """``(L, H, gh, gw)`` attention rows as a layers × heads grid of small heatmaps."""
     layers, heads = rows.shape[:2]
     figure = px.imshow(rows.reshape(layers * heads, *rows.shape[2:]), facet_col=0, facet_col_wrap=heads,
-                       facet_row_spacing=0.02, facet_col_spacing=0.01, color_continuous_scale="Inferno",
+                       facet_row_spacing=0.02, facet_col_spacing=0.01, color_continuous_scale=INFERNO,
                        title=title)
     for annotation in figure.layout.annotations:
         layer, head = divmod(int(annotation.text.split("=")[-1]), heads)
@@ -152,7 +156,7 @@ def patch_view() -> None:
     for cell, index, name in tokens:
         rows = attention_rows(capture, index)[0].cpu().numpy()
         figure = rows_figure(rows, f"{name}: attention per layer and head")
-        cell.plotly_chart(figure, width="stretch", theme=None)  # the Inferno scale as it is
+        cell.plotly_chart(figure, width="stretch", theme=None)  # the Inferno scale as it is (no theme)
 
 
 def main() -> None:
