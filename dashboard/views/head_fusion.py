@@ -5,8 +5,8 @@ token's."""
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
-from plotly.colors import convert_colors_to_same_type
 import streamlit as st
+from plotly.colors import convert_colors_to_same_type
 
 from dashboard import state, widgets
 from explainers import get_explainer, list_explainers
