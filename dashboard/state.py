@@ -415,9 +415,11 @@ def _load_model(
 
 @st.cache_resource(show_spinner=False)
 def supported_timm_models(path: Path = COMPATIBILITY_CSV) -> dict[str, str]:
-    """timm model name → its family's readout label, for every family whose every explainer passed in the
-    compatibility table (``scripts/compatibility.py``: the same :func:`explainers.describe_model` check).
-    Empty when the table has not been written."""
+    """timm model name → its family's readout label, for every family the compatibility table
+    (``scripts/compatibility.py``: the same :func:`explainers.describe_model` check) explained: every
+    explainer gave valid maps ("✓") or refused this readout with its reason ("refused: …", a
+    ``ValueError`` the app shows next to that method); none crashed or gave invalid maps. Empty when the
+    table has not been written."""
     try:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -426,7 +428,8 @@ def supported_timm_models(path: Path = COMPATIBILITY_CSV) -> dict[str, str]:
     methods = list_explainers()
     names = {}
     for row in rows:
-        if all(str(row.get(m) or "").startswith("✓") for m in methods):
+        cells = [str(row.get(m) or "") for m in methods]
+        if any(c.startswith("✓") for c in cells) and all(c.startswith(("✓", "refused: ")) for c in cells):
             readout = row["summary"].split(" · ")[0]
             names.update({name: readout for name in row["models"].split()})
     return dict(sorted(names.items()))
@@ -610,19 +613,20 @@ def _analyse(
     tensor = _model.preprocess(_record.image)
     images = tensor[None].to(_model.device)
     relevance = supports_relevance(_model.model)  # LRP methods read it; other readouts are refused there
+    try:  # one capture for every method: with LeGrad's per-layer readouts where the model has them
+        check_layer_readout(_model.model)
+        layer_gradients = True
+    except ValueError:
+        layer_gradients = False
     if has_head(_model):
-        try:  # one capture for every method: with LeGrad's per-layer readouts where the model has them
-            check_layer_readout(_model.model)
-            layer_gradients = True
-        except ValueError:
-            layer_gradients = False
         capture = explainers.capture(_model.model, images, target, relevance=relevance,
                                      layer_gradients=layer_gradients)
     elif _reference is None:
         capture = explainers.capture(_model.model, images, gradients=False, logits=False)
-    else:  # LeGrad's per-layer readouts explain a class logit, not a similarity
+    else:  # a headless model explains the similarity to the reference image
         reference = explainers.SimilarityTarget(_model.preprocess(_reference.image)[None].to(_model.device))
-        capture = explainers.capture(_model.model, images, reference, relevance=relevance)
+        capture = explainers.capture(_model.model, images, reference, relevance=relevance,
+                                     layer_gradients=layer_gradients)
     seconds = time.perf_counter() - start
     box = None if _record.box is None else _box_in_view(_model, _record.image.size, _record.box)
     probabilities = None if capture.logits is None else capture.logits[0].float().softmax(-1).cpu().numpy()
@@ -882,8 +886,8 @@ def compute_maps(
         if explainer.cost.layer_backwards and analysis.capture.layer_gradients is None:
             check_layer_readout(at.model.model)
             if at.headless:
-                raise ValueError(f"{explainer.label} explains a class logit through the model's head, not a "
-                                 "similarity: this model has no classifier.")
+                raise ValueError(f"{explainer.label} explains a score: this model has no classifier, so "
+                                 "choose a reference image in the sidebar: it explains the similarity to it.")
         params = _params(method, overrides, at)
         key = _map_key(method, params, at)
         relevance = store.get(key)
