@@ -300,6 +300,7 @@ def test_legrad_on_cait_reads_patch_blocks_and_class_attention_steps():
     logits, attentions, tokens = manual_cait_tokens(model, images)
     torch.testing.assert_close(logits, model(images))
     cap = explainers.capture(model, images, target=2, gradients=False, layer_gradients=True)
+    torch.testing.assert_close(cap.logits, logits.detach())  # the step-by-step pass is the model's own
     assert cap.num_layers == 4 and [g.shape[2] for g in cap.layer_gradients] == [16, 16, 1, 1]
     want = np.zeros((2, 17))
     for x, attention in zip(tokens, attentions, strict=True):
