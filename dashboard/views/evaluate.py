@@ -40,6 +40,7 @@ from explainers.metrics.sanity import SANITY_THRESHOLD, fails_sanity
 from explainers.models import LoadedModel
 from explainers.registry import method_label
 from explainers.results import read_results
+from explainers.reviews.export import safe_csv
 from explainers.statistics import (
     CHEFER_LABEL,
     chefer_table,
@@ -148,7 +149,7 @@ def results(frame: pd.DataFrame, token: str | None = None) -> None:
     st.subheader("Scores (mean ± std over images)")
     st.dataframe(summary_table(frame))
     if token is None:
-        st.download_button("Download every row as CSV", frame.to_csv(index=False), file_name="evaluation.csv",
+        st.download_button("Download every row as CSV", safe_csv(frame), file_name="evaluation.csv",
                            mime="text/csv", icon=":material/download:")
     statistics(frame, token)
     curves = curve_means(frame)
