@@ -1,7 +1,7 @@
 """Memory of the dashboard's shared caches filled with the largest inputs a visitor may give.
 
     python benchmarks/bench_memory.py [--model vit_base_patch16_224] [--models 4] [--uploads 30]
-                                      [--captures 14] [--maps 60000]
+                                      [--captures 12] [--maps 60000]
 
 In one process, through the dashboard's own functions (``dashboard.state``), each cache is filled past its
 byte budget, and the table shows, per cache: its budget, the entries and bytes it holds afterwards (its own
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--uploads", type=int, default=30)
-    parser.add_argument("--captures", type=int, default=14)
+    parser.add_argument("--captures", type=int, default=12)
     parser.add_argument("--maps", type=int, default=60_000)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
