@@ -5,14 +5,15 @@
 
 In one process, through the dashboard's own functions (``dashboard.state``), each cache is filled past its
 byte budget, and the table shows, per cache: its budget, the entries and bytes it holds afterwards (its own
-count: never more than the budget), and how much this process's resident memory (RSS, ``/proc``) grew.
+count: never more than the budget), and how much this process's resident memory (RSS, ``/proc``, read
+after ``malloc_trim``) grew.
 
 - models: ``--models`` loads of ``--model`` (random weights written to a file in the data folder; the
   file is touched between loads, so each is a new version, as an operator replacing it would make). The
   default, ViT-B/16 (86.6 M parameters), is the size class of the largest a visitor may load
   (``VIT_EXPLAIN_MAX_PARAMS``, 100 M by default).
 - images: ``--uploads`` uploads at the largest size the upload limit lets through (8.4 megapixel noise,
-  an uncompressed PNG just under 25 MB), each reduced on arrival (at most 4 megapixels kept).
+  an uncompressed PNG just under 25 MB), each reduced on arrival to 4 megapixels (12 MB), the most kept.
 - captures: ``--captures`` analyses of different images by the last model, with every optional part
   (LRP relevance and LeGrad's per-layer gradients: the largest capture of that model).
 - maps: ``--maps`` maps of the model's 14×14 grid (put directly: computing them all would take long).
@@ -32,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["VIT_EXPLAIN_DATA_DIR"] = tempfile.mkdtemp(prefix="bench-memory-")
 
+import ctypes  # noqa: E402
+import gc  # noqa: E402
 import io  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -46,10 +49,13 @@ from explainers import list_explainers  # noqa: E402
 from explainers.reviews import data_dir  # noqa: E402
 
 MB = 2**20
+LIBC = ctypes.CDLL("libc.so.6")
 
 
 def rss() -> int:
-    """Resident memory of this process in bytes."""
+    """Resident memory of this process in bytes, after handing freed memory back to the system."""
+    gc.collect()
+    LIBC.malloc_trim(0)
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
@@ -57,8 +63,9 @@ def rss() -> int:
 
 
 def largest_upload(index: int, generator: np.random.Generator) -> bytes:
-    """A noise PNG of 4096×2048 pixels, uncompressed: 25.2 MB, under the 25 MiB upload limit."""
-    pixels = generator.integers(0, 256, (2048, 4096, 3), dtype=np.uint8)
+    """A noise PNG of 8192×1024 pixels, uncompressed: 25.2 MB, under the 25 MiB upload limit; reduced on
+    arrival to the most an image keeps (4 megapixels, 12 MB: a shorter side under 1024 px)."""
+    pixels = generator.integers(0, 256, (1024, 8192, 3), dtype=np.uint8)
     pixels[0, 0, 0] = index % 256
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG", compress_level=0)

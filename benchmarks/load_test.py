@@ -4,9 +4,10 @@
                                    [--link "/?page=compare"] [--profile py-spy.svg]
 
 Run it alone on the machine (it measures CPU contention): ``flock /tmp/heavy.lock python benchmarks/...``.
-It starts the dashboard itself on 127.0.0.1 (a fresh server: nothing cached, a temporary data folder), and
-drives real headless Chromium pages (Debian's ``/usr/bin/chromium``, Playwright) spread over ``--browsers``
-browser processes. Only loopback traffic; every wait has a timeout; the server is stopped at the end.
+It starts the dashboard itself on 127.0.0.1 (a fresh server: nothing cached, a temporary data folder, the
+repository's ``.streamlit/config.toml``), and drives real headless Chromium pages (Debian's
+``/usr/bin/chromium``, Playwright): tabs of ``--browsers`` browser processes, each tab its own Streamlit
+session. Only loopback traffic; every wait has a timeout; the server is stopped at the end.
 
 1. **Crowd**: ``--sessions`` pages open ``--link`` at the same moment; for each, the time from the start
    to every expected map drawn (the images of the main area loaded and the app idle, as the browser

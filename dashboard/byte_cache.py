@@ -44,17 +44,19 @@ def nbytes(value: object) -> int:
 
 class ByteCache(Generic[V]):
     """Values by key, the least recently used evicted first so that the total :func:`nbytes` (or
-    ``size_of``) of the values kept never exceeds ``budget`` bytes.
+    ``size_of``) of the values kept, plus ``per_entry`` bytes for each (the Python objects of a key and a
+    small value: count it where entries are many and small), never exceeds ``budget`` bytes.
 
     A value larger than the whole budget is returned but not kept. Exceptions are not cached. While one
     thread computes a key, the others asking for it wait for that result (one lock per missing key).
     """
 
-    def __init__(self, budget: int, size_of: Callable[[V], int] = nbytes) -> None:
+    def __init__(self, budget: int, size_of: Callable[[V], int] = nbytes, per_entry: int = 0) -> None:
         if budget < 0:
             raise ValueError(f"a cache budget is a number of bytes ≥ 0, not {budget}")
         self.budget = budget
         self._size_of = size_of
+        self._per_entry = per_entry
         self._lock = threading.Lock()
         self._values: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._computing: dict[Hashable, threading.Lock] = {}
@@ -87,7 +89,7 @@ class ByteCache(Generic[V]):
     def put(self, key: Hashable, value: V) -> V:
         """Keep ``value`` under ``key`` (if it fits in the budget at all), evicting the least recently used
         values until the total fits; returns ``value``."""
-        size = self._size_of(value)
+        size = self._size_of(value) + self._per_entry
         with self._lock:
             self._discard(key)
             if size <= self.budget:

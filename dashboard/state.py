@@ -80,6 +80,9 @@ IMAGE_CACHE_BYTES = 256 * 2**20
 CAPTURE_CACHE_BYTES = 1024 * 2**20
 MAP_CACHE_BYTES = 32 * 2**20
 PICTURE_CACHE_BYTES = 64 * 2**20
+#: What a small entry costs beyond its data (a key tuple, a tensor's or a bytes object's Python and C++
+#: parts, the dictionary slot), counted against the map and picture budgets.
+SMALL_ENTRY_BYTES = 1024
 #: Largest upload (MB), images and weight files alike; larger weight files are put in the data folder's
 #: ``weights/`` by the operator. ``server.maxUploadSize`` in ``.streamlit/config.toml`` must match.
 MAX_UPLOAD_MB = 25
@@ -429,7 +432,8 @@ class Caches:
 def caches() -> Caches:
     """The server's caches (one set per server process)."""
     return Caches(ByteCache(MODEL_CACHE_BYTES), ByteCache(IMAGE_CACHE_BYTES), ByteCache(CAPTURE_CACHE_BYTES),
-                  ByteCache(MAP_CACHE_BYTES), ByteCache(PICTURE_CACHE_BYTES))
+                  ByteCache(MAP_CACHE_BYTES, per_entry=SMALL_ENTRY_BYTES),
+                  ByteCache(PICTURE_CACHE_BYTES, per_entry=SMALL_ENTRY_BYTES))
 
 
 @st.cache_resource(show_spinner=False)

@@ -34,6 +34,13 @@ def test_it_never_holds_more_than_its_budget_and_evicts_the_least_recently_used(
     assert list(cache.held_keys()) == ["d", "e"] and cache.total == 950
 
 
+def test_small_entries_count_their_overhead() -> None:
+    cache: ByteCache[bytes] = ByteCache(1000, per_entry=100)
+    for key in range(5):
+        cache.put(key, bytes(150))
+    assert list(cache.held_keys()) == [1, 2, 3, 4] and cache.total == 4 * 250
+
+
 def test_a_value_larger_than_the_budget_is_returned_not_kept() -> None:
     cache: ByteCache[bytes] = ByteCache(100)
     cache.put("small", bytes(60))
