@@ -40,6 +40,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 import torch
 from PIL import Image
@@ -74,12 +75,15 @@ PAGES: dict[str, str] = {
 #: Bytes of each cache shared by all sessions (see :func:`caches`; the README's server section states the
 #: worst case). Models: three ViT-B/16 (346 MB of float32 weights each); images: after
 #: :func:`~explainers.images.reduce`, at most 12 MB each; captures: a ViT-B/16 capture with every part is
-#: about 90 MB; maps: a (gh, gw) float map is a few kB; pictures: encoded overlays and grids, tens of kB.
+#: 85 MB; maps: a (gh, gw) float map is under a kB (14×14) to a few kB; pictures: encoded overlays and
+#: grids, kB to tens of kB.
 MODEL_CACHE_BYTES = 1200 * 2**20
 IMAGE_CACHE_BYTES = 256 * 2**20
 CAPTURE_CACHE_BYTES = 1024 * 2**20
 MAP_CACHE_BYTES = 32 * 2**20
 PICTURE_CACHE_BYTES = 64 * 2**20
+#: Results files opened on the Evaluate page (a 200,000-row file is a few hundred MB in memory).
+RESULTS_CACHE_BYTES = 1024 * 2**20
 #: What a small entry costs beyond its data (a key tuple, a tensor's or a bytes object's Python and C++
 #: parts, the dictionary slot), counted against the map and picture budgets.
 SMALL_ENTRY_BYTES = 1024
@@ -426,6 +430,7 @@ class Caches:
     analyses: ByteCache[Analysis]
     maps: ByteCache[torch.Tensor]
     pictures: ByteCache[bytes]
+    results: ByteCache[pd.DataFrame]
 
 
 @st.cache_resource(show_spinner=False)
@@ -433,7 +438,8 @@ def caches() -> Caches:
     """The server's caches (one set per server process)."""
     return Caches(ByteCache(MODEL_CACHE_BYTES), ByteCache(IMAGE_CACHE_BYTES), ByteCache(CAPTURE_CACHE_BYTES),
                   ByteCache(MAP_CACHE_BYTES, per_entry=SMALL_ENTRY_BYTES),
-                  ByteCache(PICTURE_CACHE_BYTES, per_entry=SMALL_ENTRY_BYTES))
+                  ByteCache(PICTURE_CACHE_BYTES, per_entry=SMALL_ENTRY_BYTES),
+                  ByteCache(RESULTS_CACHE_BYTES, lambda frame: int(frame.memory_usage(deep=True).sum())))
 
 
 @st.cache_resource(show_spinner=False)
