@@ -6,10 +6,12 @@ Three layers, each usable on its own by any page (including pages added later):
   target class, explainers and all their parameters, display options). It round-trips through the URL
   query (:meth:`ViewState.to_query` / :meth:`ViewState.from_query`) and is validated against the model with
   the registry's :class:`~explainers.Param` declarations: a bad value becomes a message and a default.
-- Cached resources (``st.cache_resource``, shared by all sessions): models per slot (spec, device, weights),
-  images per reference, and analyses (the capture of one image) per (spec, device, weights, image
-  content hash, target) with a bounded number of entries. Explainer parameters never reach these keys:
-  changing one is tensor maths on a cached capture.
+- Cached resources (:class:`~dashboard.byte_cache.ByteCache`, shared by all sessions, each bounded by bytes
+  and computing a missing value once however many sessions ask at once): models per slot (spec, device,
+  weights), images per reference, analyses (the capture of one image) per (spec, device, weights, image
+  content hash, target) and the parts of the capture the methods on screen read (:func:`capture_flags`),
+  and maps. Explainer parameters never reach the analysis keys: changing one is tensor maths on a cached
+  capture.
 - The session: :func:`view` / :func:`commit` (the current view, mirrored into ``st.query_params``),
   :func:`scene` and :func:`second_scene` (model, image and capture of each slot, resolved by the sidebar
   for this run), :func:`explainer_params` and :func:`compute_maps`, and :func:`notify` for messages shown
@@ -31,18 +33,20 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlencode
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 import torch
 from PIL import Image
 
 import explainers
+from dashboard.byte_cache import ByteCache
 from explainers import Capture, Param, get_explainer, list_explainers
 from explainers.access import WEIGHT_SUFFIXES, VisitorPolicy
 from explainers.alignment import image_grid, input_region, to_image_grid
@@ -68,8 +72,21 @@ PAGES: dict[str, str] = {
     "evaluate": "Evaluate",
     "reviews": "Review board",
 }
-#: Analyses (captures) kept in memory across all sessions.
-CAPTURE_CACHE_ENTRIES = 16
+#: Bytes of each cache shared by all sessions (see :func:`caches`; the README's server section states the
+#: worst case). Models: three ViT-B/16 (346 MB of float32 weights each); images: after
+#: :func:`~explainers.images.reduce`, at most 12 MB each; captures: a ViT-B/16 capture with every part is
+#: 85 MB; maps: a (gh, gw) float map is under a kB (14×14) to a few kB; pictures: encoded overlays and
+#: grids, kB to tens of kB.
+MODEL_CACHE_BYTES = 1200 * 2**20
+IMAGE_CACHE_BYTES = 256 * 2**20
+CAPTURE_CACHE_BYTES = 1024 * 2**20
+MAP_CACHE_BYTES = 32 * 2**20
+PICTURE_CACHE_BYTES = 64 * 2**20
+#: Results files opened on the Evaluate page (a 200,000-row file is a few hundred MB in memory).
+RESULTS_CACHE_BYTES = 1024 * 2**20
+#: What a small entry costs beyond its data (a key tuple, a tensor's or a bytes object's Python and C++
+#: parts, the dictionary slot), counted against the map and picture budgets.
+SMALL_ENTRY_BYTES = 1024
 #: Largest upload (MB), images and weight files alike; larger weight files are put in the data folder's
 #: ``weights/`` by the operator. ``server.maxUploadSize`` in ``.streamlit/config.toml`` must match.
 MAX_UPLOAD_MB = 25
@@ -80,8 +97,6 @@ COMPATIBILITY_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "result
 #: A method expected to take longer than this (seconds per image, on the current model) runs only when
 #: the user asks; the others are computed at once.
 SLOW_SECONDS = 1.0
-#: Maps kept in memory across all sessions (a slow method is computed once per capture and parameters).
-MAP_CACHE_ENTRIES = 64
 
 _VIEW_KEY, _SCENE_KEY, _NOTICES_KEY, _STARTED_KEY = "_view", "_scene", "_notices", "_started"
 _SECOND_SCENE_KEY = "_second_scene"
@@ -406,18 +421,34 @@ def _file_stamp(weights: str | None) -> tuple[float, int] | None:
     return stat.st_mtime, stat.st_size
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
-def _load_model(
-    spec: str, device: str, weights: str | None, stamp: tuple[float, int] | None, max_params: int
-) -> LoadedModel:
-    return load_model(spec, device, weights, max_params=max_params)
+@dataclass(frozen=True)
+class Caches:
+    """The caches every session shares, each bounded by bytes (:data:`MODEL_CACHE_BYTES`, ...)."""
+
+    models: ByteCache[LoadedModel]
+    images: ByteCache[ImageRecord]
+    analyses: ByteCache[Analysis]
+    maps: ByteCache[torch.Tensor]
+    pictures: ByteCache[bytes]
+    results: ByteCache[pd.DataFrame]
+
+
+@st.cache_resource(show_spinner=False)
+def caches() -> Caches:
+    """The server's caches (one set per server process)."""
+    return Caches(ByteCache(MODEL_CACHE_BYTES), ByteCache(IMAGE_CACHE_BYTES), ByteCache(CAPTURE_CACHE_BYTES),
+                  ByteCache(MAP_CACHE_BYTES, per_entry=SMALL_ENTRY_BYTES),
+                  ByteCache(PICTURE_CACHE_BYTES, per_entry=SMALL_ENTRY_BYTES),
+                  ByteCache(RESULTS_CACHE_BYTES, lambda frame: int(frame.memory_usage(deep=True).sum())))
 
 
 @st.cache_resource(show_spinner=False)
 def supported_timm_models(path: Path = COMPATIBILITY_CSV) -> dict[str, str]:
-    """timm model name → its family's readout label, for every family whose every explainer passed in the
-    compatibility table (``scripts/compatibility.py``: the same :func:`explainers.describe_model` check).
-    Empty when the table has not been written."""
+    """timm model name → its family's readout label, for every family the compatibility table
+    (``scripts/compatibility.py``: the same :func:`explainers.describe_model` check) explained: every
+    explainer gave valid maps ("✓") or refused this readout with its reason ("refused: …", a
+    ``ValueError`` the app shows next to that method); none crashed or gave invalid maps. Empty when the
+    table has not been written."""
     try:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -426,7 +457,8 @@ def supported_timm_models(path: Path = COMPATIBILITY_CSV) -> dict[str, str]:
     methods = list_explainers()
     names = {}
     for row in rows:
-        if all(str(row.get(m) or "").startswith("✓") for m in methods):
+        cells = [str(row.get(m) or "") for m in methods]
+        if any(c.startswith("✓") for c in cells) and all(c.startswith(("✓", "refused: ")) for c in cells):
             readout = row["summary"].split(" · ")[0]
             names.update({name: readout for name in row["models"].split()})
     return dict(sorted(names.items()))
@@ -441,7 +473,10 @@ def get_model(spec: str, device: str, weights: str | None) -> LoadedModel:
     """
     policy = VisitorPolicy.from_env()
     path = None if weights is None else str(policy.weights_path(weights))
-    return _load_model(policy.model_spec(spec), device, path, _file_stamp(path), policy.max_params)
+    spec = policy.model_spec(spec)
+    key = (spec, device, path, _file_stamp(path), policy.max_params)
+    return caches().models.get_or_compute(
+        key, lambda: load_model(spec, device, path, max_params=policy.max_params))
 
 
 def load_slot(slot: ModelSlot) -> LoadedModel:
@@ -499,9 +534,12 @@ def _record(ref: str, image: Image.Image, title: str, **truth: Any) -> ImageReco
     return ImageRecord(ref=ref, image=image, sha=sha, title=title, **truth)
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
 def get_image(ref: str) -> ImageRecord:
-    """The image a reference names, or a ``ValueError`` saying why it is not available here."""
+    """The image a reference names (cached), or a ``ValueError`` saying why it is not available here."""
+    return caches().images.get_or_compute(ref, lambda: _read_image(ref))
+
+
+def _read_image(ref: str) -> ImageRecord:
     kind, value = parse_image_ref(ref)
     if kind == "gallery":
         item = gallery().get(value)
@@ -571,7 +609,7 @@ class Analysis:
 
     Attributes:
         key: what identifies it: spec, device, weights, image content hash, target (a cache key for anything
-            computed from the capture).
+            computed from the capture: the same whatever ``flags``).
         capture: forward and backward pass (batch of one), with gradients; for a headless model without a
             reference, the attention only.
         display: ``uint8 (H, W, 3)``, the preprocessed input, the pixels the maps refer to.
@@ -579,6 +617,7 @@ class Analysis:
         probabilities: softmax of the logits, ``(num_classes,)``; None for a headless model.
         seconds: how long the capture took.
         similarity: headless model with a reference: the explained cosine similarity, else None.
+        flags: the optional parts of the capture it holds (:data:`CAPTURE_FLAGS`).
     """
 
     key: tuple
@@ -588,6 +627,7 @@ class Analysis:
     probabilities: np.ndarray | None
     seconds: float
     similarity: float | None = None
+    flags: frozenset[str] = frozenset()
 
 
 def _box_in_view(model: LoadedModel, size: tuple[int, int], box: tuple[int, int, int, int]) -> tuple | None:
@@ -601,34 +641,72 @@ def _box_in_view(model: LoadedModel, size: tuple[int, int], box: tuple[int, int,
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-@st.cache_resource(max_entries=CAPTURE_CACHE_ENTRIES, show_spinner=False)
+#: Optional parts of a capture (keyword arguments of :func:`explainers.capture`), made only when a method on
+#: screen reads them: LRP relevance and LeGrad's per-layer gradients (together 2.4 times a plain forward
+#: and backward on deit_tiny).
+CAPTURE_FLAGS = ("relevance", "layer_gradients")
+
+
 def _analyse(
-    spec: str, device: str, weights: str | None, stamp: Any, sha: str, target: int | None,
-    reference_sha: str | None, _model: LoadedModel, _record: ImageRecord, _reference: ImageRecord | None,
+    key: tuple, flags: frozenset[str], model: LoadedModel, record: ImageRecord, reference: ImageRecord | None
 ) -> Analysis:
     start = time.perf_counter()
-    tensor = _model.preprocess(_record.image)
-    images = tensor[None].to(_model.device)
-    relevance = supports_relevance(_model.model)  # LRP methods read it; other readouts are refused there
-    if has_head(_model):
-        try:  # one capture for every method: with LeGrad's per-layer readouts where the model has them
-            check_layer_readout(_model.model)
-            layer_gradients = True
-        except ValueError:
-            layer_gradients = False
-        capture = explainers.capture(_model.model, images, target, relevance=relevance,
-                                     layer_gradients=layer_gradients)
-    elif _reference is None:
-        capture = explainers.capture(_model.model, images, gradients=False, logits=False)
-    else:  # LeGrad's per-layer readouts explain a class logit, not a similarity
-        reference = explainers.SimilarityTarget(_model.preprocess(_reference.image)[None].to(_model.device))
-        capture = explainers.capture(_model.model, images, reference, relevance=relevance)
+    target = key[5]
+    tensor = model.preprocess(record.image)
+    images = tensor[None].to(model.device)
+    parts = {flag: flag in flags for flag in CAPTURE_FLAGS}
+    if has_head(model):
+        capture = explainers.capture(model.model, images, target, **parts)
+    elif reference is None:
+        capture = explainers.capture(model.model, images, gradients=False, logits=False)
+    else:
+        similar_to = explainers.SimilarityTarget(model.preprocess(reference.image)[None].to(model.device))
+        capture = explainers.capture(model.model, images, similar_to, **parts)
     seconds = time.perf_counter() - start
-    box = None if _record.box is None else _box_in_view(_model, _record.image.size, _record.box)
+    box = None if record.box is None else _box_in_view(model, record.image.size, record.box)
     probabilities = None if capture.logits is None else capture.logits[0].float().softmax(-1).cpu().numpy()
-    similarity = None if _reference is None or capture.scores is None else float(capture.scores[0])
-    key = (spec, device, weights, stamp, sha, target, reference_sha)
-    return Analysis(key, capture, _model.to_display(tensor), box, probabilities, seconds, similarity)
+    similarity = None if reference is None or capture.scores is None else float(capture.scores[0])
+    return Analysis(key, capture, model.to_display(tensor), box, probabilities, seconds, similarity, flags)
+
+
+def capture_flags(model: LoadedModel, methods: Iterable[str]) -> frozenset[str]:
+    """The optional parts of the capture (:data:`CAPTURE_FLAGS`) that ``methods`` read and ``model`` gives:
+    relevance where the model supports LRP, per-layer gradients where it has a per-layer readout (a
+    headless model's are those of its similarity to the reference image). A method whose part the model
+    cannot give gets the model's own reason from :func:`compute_maps`."""
+    read = [get_explainer(m) for m in methods]
+    flags = set()
+    if any(e.needs_relevance for e in read) and supports_relevance(model.model):
+        flags.add("relevance")
+    if any(e.cost.layer_backwards for e in read):
+        try:
+            check_layer_readout(model.model)
+            flags.add("layer_gradients")
+        except ValueError:
+            pass
+    return frozenset(flags)
+
+
+def _analysis(
+    model: LoadedModel, record: ImageRecord, target: int | None, reference: ImageRecord | None,
+    flags: frozenset[str],
+) -> Analysis:
+    """The cached analysis with at least ``flags``: one with more serves a request for fewer; a new one
+    replaces those it holds every part of."""
+    reference = None if has_head(model) else reference
+    if not has_head(model) and reference is None:
+        flags = frozenset()  # attention only
+    key = (model.spec, model.device, model.weights, _file_stamp(model.weights), record.sha, target,
+           None if reference is None else reference.sha)
+    cache = caches().analyses
+    for held in cache.held_keys():
+        if held[0] == key and held[1] >= flags and (analysis := cache.get(held)) is not None:
+            return analysis
+    analysis = cache.get_or_compute((key, flags), lambda: _analyse(key, flags, model, record, reference))
+    for held in cache.held_keys():
+        if held[0] == key and held[1] < flags:
+            cache.discard(held)
+    return analysis
 
 
 def has_head(model: LoadedModel) -> bool:
@@ -647,13 +725,24 @@ def dims_of(model: LoadedModel) -> dict[str, int]:
 
 
 def analyse(
-    model: LoadedModel, record: ImageRecord, target: int | None, reference: ImageRecord | None = None
+    model: LoadedModel, record: ImageRecord, target: int | None, reference: ImageRecord | None = None,
+    methods: Iterable[str] | None = None,
 ) -> Analysis:
     """The (cached) analysis of ``record`` by ``model`` for ``target`` (None: the top prediction); for a
-    headless model, of its similarity to ``reference`` (None: attention only)."""
-    reference = None if has_head(model) else reference
-    return _analyse(model.spec, model.device, model.weights, _file_stamp(model.weights), record.sha, target,
-                    None if reference is None else reference.sha, model, record, reference)
+    headless model, of its similarity to ``reference`` (None: attention only). Its capture holds what
+    ``methods`` read (None: the methods the current view's page draws at once, :func:`on_screen`);
+    :func:`compute_maps` completes it if a method needs more."""
+    flags = capture_flags(model, on_screen(view()) if methods is None else methods)
+    return _analysis(model, record, target, reference, flags)
+
+
+def on_screen(state: ViewState) -> list[str]:
+    """The explainers whose maps a view's page draws as it opens: the capture is made for these."""
+    if state.page == "compare":
+        return state.shown_methods()
+    if state.page == "what_if":
+        return [state.option("explore")]
+    return []
 
 
 # ----------------------------------------------------------------------------------------------- session
@@ -797,36 +886,25 @@ def explainer_params(method: str, *, for_scene: Scene | None = None, **overrides
     return get_explainer(method).validate(values, (for_scene or scene()).dims)
 
 
-class _MapStore:
-    """Maps of slow methods by (analysis, method, parameters), the newest :data:`MAP_CACHE_ENTRIES`, and
-    the last measured time per image of every method on each model. Shared by all sessions: a lock."""
+class _Timings:
+    """The last measured time per image of every method on each model, shared by all sessions: a lock."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.maps: dict[tuple, torch.Tensor] = {}
         self.seconds: dict[tuple, float] = {}
-
-    def get(self, key: tuple) -> torch.Tensor | None:
-        with self.lock:
-            return self.maps.get(key)
 
     def measured(self, model_key: tuple) -> float | None:
         with self.lock:
             return self.seconds.get(model_key)
 
-    def put(self, key: tuple | None, relevance: torch.Tensor, model_key: tuple, seconds: float) -> None:
-        """Record the time; keep the map too unless ``key`` is None."""
+    def put(self, model_key: tuple, seconds: float) -> None:
         with self.lock:
             self.seconds[model_key] = seconds
-            if key is not None:
-                self.maps[key] = relevance
-                while len(self.maps) > MAP_CACHE_ENTRIES:
-                    del self.maps[next(iter(self.maps))]
 
 
 @st.cache_resource(show_spinner=False)
-def _map_store() -> _MapStore:
-    return _MapStore()
+def _timings() -> _Timings:
+    return _Timings()
 
 
 def _map_key(method: str, params: Mapping[str, Any], at: Scene) -> tuple:
@@ -838,7 +916,7 @@ def expected_seconds(method: str, for_scene: Scene | None = None) -> float:
     declared :class:`~explainers.registry.Cost` gives from the capture's own time."""
     at = for_scene or scene()
     analysis = at.analysis
-    measured = _map_store().measured((analysis.key[:4], method))
+    measured = _timings().measured((analysis.key[:4], method))
     if measured is not None:
         return measured
     dims = {**at.dims, "num_tokens": analysis.capture.layout.num_tokens}
@@ -850,7 +928,7 @@ def waits_for_request(method: str, *, for_scene: Scene | None = None, **override
     at = for_scene or scene()
     if expected_seconds(method, at) <= SLOW_SECONDS:
         return False
-    return _map_store().get(_map_key(method, _params(method, overrides, at), at)) is None
+    return caches().maps.get(_map_key(method, _params(method, overrides, at), at)) is None
 
 
 def _params(method: str, overrides: Mapping[str, Any], at: Scene) -> dict[str, Any]:
@@ -862,15 +940,18 @@ def compute_maps(
     methods: list[str], *, for_scene: Scene | None = None, **overrides: Any
 ) -> dict[str, torch.Tensor]:
     """``(gh, gw)`` map of each method for a scene (default: the first model's) and the current view:
-    tensor maths on the cached capture.
+    tensor maths on the cached capture (completed with the parts these methods read, if it lacks them).
 
-    The time taken is kept; so is the map of a slow method (over :data:`SLOW_SECONDS`), for this capture
-    and these parameters.
+    Every map is kept (:data:`MAP_CACHE_BYTES`, for this capture and these parameters, shared by all
+    sessions), and so is the time it took.
 
     ``overrides`` apply to the methods that declare them (e.g. ``head_fusion="max"``).
     """
     at = for_scene or scene()
-    analysis, store = at.analysis, _map_store()
+    analysis = at.analysis
+    if not capture_flags(at.model, methods) <= analysis.flags:  # completed for every method on screen at once
+        flags = capture_flags(at.model, [*methods, *on_screen(view())])
+        analysis = _analysis(at.model, at.image, analysis.key[5], at.reference, flags | analysis.flags)
     maps = {}
     for method in methods:
         explainer = get_explainer(method)
@@ -882,16 +963,15 @@ def compute_maps(
         if explainer.cost.layer_backwards and analysis.capture.layer_gradients is None:
             check_layer_readout(at.model.model)
             if at.headless:
-                raise ValueError(f"{explainer.label} explains a class logit through the model's head, not a "
-                                 "similarity: this model has no classifier.")
+                raise ValueError(f"{explainer.label} explains a score: this model has no classifier, so "
+                                 "choose a reference image in the sidebar: it explains the similarity to it.")
         params = _params(method, overrides, at)
-        key = _map_key(method, params, at)
-        relevance = store.get(key)
-        if relevance is None:
-            keep = expected_seconds(method, at) > SLOW_SECONDS
+
+        def compute(method: str = method, params: dict = params) -> torch.Tensor:
             start = time.perf_counter()
             relevance = explainers.compute(analysis.capture, method, **params)[0]
-            seconds = time.perf_counter() - start
-            store.put(key if keep else None, relevance, (analysis.key[:4], method), seconds)
-        maps[method] = relevance
+            _timings().put((analysis.key[:4], method), time.perf_counter() - start)
+            return relevance
+
+        maps[method] = caches().maps.get_or_compute(_map_key(method, params, at), compute)
     return maps

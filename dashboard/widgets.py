@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
 import streamlit as st
 import torch
+from PIL import Image
 
 from dashboard import state
 from explainers import Param, get_explainer, progress
@@ -150,6 +153,30 @@ def overlay_image(relevance: torch.Tensor, *, box: bool = True) -> np.ndarray:
     image = overlay(analysis.display, relevance, opacity=view.option("opacity"),
                     colormap=view.option("colormap"))
     return _with_box(image) if box else image
+
+
+def picture(kind: str, relevance: torch.Tensor | None = None) -> bytes:
+    """``overlay_image(relevance)`` (``kind="overlay"``), ``grid_image(relevance)`` (``"grid"``) or
+    ``input_image()`` (``"input"``) as the JPEG bytes ``st.image`` would make of the array, drawn and
+    encoded once for every session showing the same map with the same options (kept in
+    :attr:`state.Caches.pictures`)."""
+    view = state.view()
+    key = (kind, state.scene().analysis.key, view.option("opacity"), view.option("colormap"),
+           None if relevance is None else _digest(relevance))
+    draw = {"overlay": lambda: overlay_image(relevance), "grid": lambda: grid_image(relevance),
+            "input": input_image}[kind]
+
+    def encode() -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(draw()).save(buffer, "JPEG", quality=100)  # Streamlit's own encoding of an array
+        return buffer.getvalue()
+
+    return state.caches().pictures.get_or_compute(key, encode)
+
+
+def _digest(relevance: torch.Tensor) -> tuple:
+    values = relevance.detach().float().cpu().contiguous().numpy()
+    return values.shape, hashlib.blake2b(values.tobytes(), digest_size=16).hexdigest()
 
 
 def input_image() -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -43,9 +44,11 @@ class Capture:
         pool_gradient: ``∂y/∂pool_attention``, paired with it; ``None`` without gradients or pool.
         scores: the explained score of each image ``(B,)``: the target logit ``y_t``, or the cosine
             similarity for a :class:`~explainers.SimilarityTarget`; ``None`` without logits.
-        layer_gradients: per block, ``∂s_l/∂A_l`` ``(B, H, N, N)``, ``s_l`` the target score read from block
-            ``l``'s own tokens through the final norm and head (see :mod:`explainers.layer_readout`);
-            ``None`` unless captured with ``layer_gradients=True``.
+        layer_gradients: per attention step, ``∂s_l/∂A`` ``(B, H, Q_l, N)``, ``s_l`` the explained score read
+            from step ``l``'s own tokens through the final norm and head, ``A`` the step's attention
+            (``Q_l = N``; CaiT: its ``P`` patch rows, then the class token's row) or, for an attention
+            pool, the pool's attention on the step's tokens (``Q_l = 1``; see
+            :mod:`explainers.layer_readout`); ``None`` unless captured with ``layer_gradients=True``.
         relevance: LRP relevance of the attention maps and input tokens for ``targets``
             (:mod:`explainers.relevance`); ``None`` unless captured with ``relevance=True``.
     """
@@ -218,10 +221,10 @@ def capture(
             (``rollout``, ``raw_attention``) read: it saves the rest of the network (the last MLP and the
             head, about 6% of a ViT-Ti/16 forward's FLOPs) and works on headless backbones. The
             capture's ``logits`` is then ``None``, and so is ``targets`` unless ``target`` is given.
-        layer_gradients: also compute, for every block ``l``, ``∂s_l/∂A_l`` with ``s_l`` the target score
-            read from block ``l``'s tokens through the final norm and head (LeGrad; see
-            :mod:`explainers.layer_readout`): one small backward pass per block. Off by default, so the
-            forward pass is ``model(images)`` itself and other methods pay nothing for it.
+        layer_gradients: also compute, for every attention step ``l``, ``∂s_l/∂A`` with ``s_l`` the explained
+            score (target logit or similarity) read from step ``l``'s tokens through the final norm and head
+            (LeGrad; see :mod:`explainers.layer_readout`): one small backward pass per step. Off by default,
+            so the forward pass is ``model(images)`` itself and other methods pay nothing for it.
         dtype: store attention and gradients in this dtype (e.g. ``torch.float16`` to halve the memory of
             large models); explainers compute in float32 whatever the storage.
         relevance: also propagate LRP relevance from each target back through the network
@@ -249,11 +252,6 @@ def capture(
     if layer_gradients:
         check_layer_readout(model)
     similarity = target if isinstance(target, SimilarityTarget) else None
-    if layer_gradients and similarity is not None:
-        raise ValueError(
-            "per-layer readouts (LeGrad) explain a class logit read through the model's head, not a "
-            "similarity: explain a headless model with grad_rollout, gae or rollout instead"
-        )
     num_classes = int(getattr(model, "num_classes", 0))
     if num_classes <= 0 and similarity is None and (logits or target is not None):
         raise ValueError(
@@ -284,7 +282,7 @@ def capture(
             images = images.detach().requires_grad_(True)
         with suppress(ForwardStopped):
             if layer_gradients:
-                output, tokens = forward_with_block_tokens(model, images)
+                output, tokens = forward_with_block_tokens(model, images, pre_logits=similarity is not None)
             else:
                 output = model(images) if similarity is None else pooled_embedding(model, images)
     maps = recorder.attentions
@@ -297,11 +295,18 @@ def capture(
         else:
             if targets is None:
                 targets = output.detach().argmax(dim=-1)
-            scores = output.gather(1, targets[:, None])[:, 0]
+            scores = _target_scores(output, targets)
     store = dtype or maps[0].dtype
     layer_grads = None
     if layer_gradients:
-        layer_grads = tuple(g.to(store) for g in layer_readout_gradients(model, tokens, maps, targets))
+        if similarity is not None:
+            score = partial(similarity.scores, reference=reference)
+        else:
+            score = partial(_target_scores, targets=targets)
+        steps = maps[: description.num_layers]  # the pool's own map is recorded again per step
+        pre_logits = similarity is not None
+        found = layer_readout_gradients(model, tokens, steps, layout, score, pre_logits=pre_logits)
+        layer_grads = tuple(g.to(store) for g in found)
     grads = None
     if gradients:
         grads = torch.autograd.grad(scores.sum(), maps)  # images are independent: Σ_b y_b
@@ -322,6 +327,11 @@ def capture(
         relevance=lrp,
         layer_gradients=layer_grads,
     )
+
+
+def _target_scores(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``y_t`` ``(B,)``: each image's logit of its target class."""
+    return output.gather(1, targets[:, None])[:, 0]
 
 
 def _check_maps(maps: list[torch.Tensor], description: ModelDescription, expected: int) -> None:

@@ -2,10 +2,14 @@
 
 For each family (a timm module's models with sizes, patch sizes and resolutions taken out of the name,
 e.g. ``vit_base_patch16_siglip_224`` → ``vit_siglip``) one representative is built small: random weights,
-depth 2 (narrower where timm allows), through :func:`explainers.describe_model`, then every method of
-:func:`explainers.list_explainers` runs on two random images (headless models explain a
-:class:`explainers.SimilarityTarget`). A cell is ✓ when the maps have the model's grid and are finite and
-non-negative ("✓ flat" when the random model's map is constant), else the reason.
+depth 2 (narrower where timm allows), at an input of at most 8×8 patches (``img_size`` scaled down, the
+pixels per patch kept, where timm allows; NaFlexViT and ``dynamic_img_size`` models simply take the small
+input), through :func:`explainers.describe_model`; then every method of :func:`explainers.list_explainers`
+runs on two random images (headless models explain a :class:`explainers.SimilarityTarget`). A cell is ✓
+when the maps have the model's grid and are finite and non-negative ("✓ flat" when the random model's map
+is constant), "refused: …" when the method refuses this model with a ``ValueError`` (its reason), "error:
+…" for any other exception, "invalid map" otherwise. The dashboard's model picker offers the families with
+no error and no invalid map (``dashboard.state.supported_timm_models``).
 
     python scripts/compatibility.py            # prints the table, writes it into README.md and
                                                # benchmarks/results/compatibility.csv (every model name)
@@ -18,6 +22,7 @@ import argparse
 import csv
 import re
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import timm
@@ -78,6 +83,9 @@ SMALL = (  # tried in order; never the full-size default (giant models at full r
     {"depth": 2, "img_size": 224},
     {"img_size": 224},
 )
+#: Largest patch grid side checked: attention flow's max-flows (N per image on L·N² edges) and LRP on
+#: full-size grids would take minutes per family; the maps' validity does not depend on the size.
+GRID = 8
 #: Skip a model whose capture would exceed this (attention + gradients + autograd's copies, 2 images).
 MAX_CAPTURE_BYTES = 2**30
 
@@ -111,32 +119,52 @@ def representatives() -> dict[str, tuple[str, str, list[str]]]:
     return {key: (modules[key], min(names, key=rank), names) for key, names in sorted(found.items())}
 
 
-def build(name: str) -> torch.nn.Module:
+def _create(name: str, extra: dict) -> torch.nn.Module:
     error: Exception | None = None
     for kwargs in SMALL:
         try:
             torch.manual_seed(0)
-            return timm.create_model(name, pretrained=False, **kwargs).eval()
+            return timm.create_model(name, pretrained=False, **kwargs, **extra).eval()
         except Exception as exc:  # timm rejects kwargs some architectures don't take: try others
             error = exc
     raise error
 
 
+def build(name: str) -> tuple[torch.nn.Module, explainers.ModelDescription]:
+    """The model built small and its description, at an input of at most ``GRID×GRID`` patches: the model
+    is built again with ``img_size`` scaled down (pixels per patch kept) where timm takes it; NaFlexViT and
+    models with ``dynamic_img_size`` take the small input as they are. A ``ValueError`` if refused."""
+    model = _create(name, {})
+    description = explainers.describe_model(model)
+    (height, width), (gh, gw) = description.image_size, description.layout.grid
+    if gh <= GRID and gw <= GRID:
+        return model, description
+    small = (height * min(gh, GRID) // gh, width * min(gw, GRID) // gw)
+    with suppress(Exception):  # a hybrid's or a fixed-size model's img_size may not be changed
+        smaller = _create(name, {"img_size": small})
+        return smaller, explainers.describe_model(smaller, small)
+    with suppress(ValueError):  # NaFlexViT and dynamic_img_size models take any multiple of the patch
+        return model, explainers.describe_model(model, small)
+    return model, description
+
+
 def short(exc: Exception) -> str:
-    text = str(exc).split(":")[0] if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-    return text.replace("|", "/").replace("\n", " ")[:90]
+    """A cell: ``refused: <reason>`` for the library's ``ValueError``, ``error: <type>: <message>`` else."""
+    if isinstance(exc, ValueError):
+        text = "refused: " + str(exc).split(":")[0]
+    else:
+        text = f"error: {type(exc).__name__}: {exc}"
+    return text.replace("|", "/").replace("\n", " ")[:100]
 
 
 def check(name: str, methods: list[str]) -> tuple[str, list[str]]:
     """``(summary or reason, one cell per method)``."""
     try:
-        model = build(name)
-    except Exception as exc:
-        return f"cannot build: {short(exc)}", ["—"] * len(methods)
-    try:
-        description = explainers.describe_model(model)
+        model, description = build(name)
     except ValueError as exc:
         return f"refused: {exc}", ["—"] * len(methods)
+    except Exception as exc:
+        return f"cannot build: {type(exc).__name__}: {exc}".replace("|", "/")[:120], ["—"] * len(methods)
     tokens = description.layout.num_tokens
     if 3 * 2 * description.num_layers * description.num_heads * tokens**2 * 4 > MAX_CAPTURE_BYTES:
         reason = f"not checked: too large when built small ({description.num_layers} layers, {tokens} tokens)"
@@ -145,7 +173,7 @@ def check(name: str, methods: list[str]) -> tuple[str, list[str]]:
     target = None if description.has_head else explainers.SimilarityTarget(images[:1].flip(-1))
     cells = []
     for method in methods:
-        needs_target = explainers.get_explainer(method).needs_gradients
+        needs_target = any(explainers.capture_options([method]).values())  # gradients, LeGrad, LRP
         try:
             maps = explainers.explain(model, images, method, target=target if needs_target else None)
         except Exception as exc:

@@ -70,6 +70,15 @@ def dashboard(folder: Path, *options: str, port: int | None = None, **env: str) 
     """The dashboard served on 127.0.0.1 (``port``, or a free one) from the repository root (its
     ``.streamlit/config.toml``), with its data and log in ``folder``, more Streamlit ``options`` and
     ``env``; its base URL."""
+    with serving(folder, *options, port=port, **env) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serving(
+    folder: Path, *options: str, port: int | None = None, **env: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As :func:`dashboard`; its base URL and the server's process."""
     port = port or free_port()
     log = folder / "streamlit.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VIT_EXPLAIN_DATA_DIR": str(folder / "data"), **env}
@@ -89,7 +98,7 @@ def dashboard(folder: Path, *options: str, port: int | None = None, **env: str) 
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"the Streamlit server did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield url
+        yield url, process
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -148,23 +157,25 @@ def open_page(server, browser):
     assert elsewhere == [], f"the page asked other hosts: {elsewhere[:5]}"
 
 
+#: True once the app is idle with at least ``images`` images of the main area loaded and ``charts`` Plotly
+#: charts drawn (argument: ``[images, charts]``).
+IDLE_SCRIPT = """([images, charts]) => {
+    const main = document.querySelector('[data-testid=stMain]');
+    const shown = [...main.querySelectorAll('[data-testid=stImage] img')];
+    const drawn = main.querySelectorAll('.js-plotly-plot .main-svg').length > 0
+        ? main.querySelectorAll('.js-plotly-plot').length : 0;
+    return !document.querySelector('[data-testid=stStatusWidget]')
+        && shown.length >= images && shown.every(img => img.complete && img.naturalWidth > 0)
+        && drawn >= charts;
+}"""
+
+
 def wait_until_idle(page, images: int = 0, charts: int = 0) -> None:
     """Wait until the app has finished running and the main area shows at least ``images`` images, each
     loaded, and ``charts`` Plotly charts, each drawn (maps can arrive after the status widget is gone)."""
     page.locator("[data-testid=stMain] [data-testid=stImage] img, [data-testid=stMain] .js-plotly-plot, "
                  "[data-testid=stMain] [data-testid=stCode]").first.wait_for(timeout=RENDER_TIMEOUT_MS)
-    page.wait_for_function(
-        """([images, charts]) => {
-            const main = document.querySelector('[data-testid=stMain]');
-            const shown = [...main.querySelectorAll('[data-testid=stImage] img')];
-            const drawn = main.querySelectorAll('.js-plotly-plot .main-svg').length > 0
-                ? main.querySelectorAll('.js-plotly-plot').length : 0;
-            return !document.querySelector('[data-testid=stStatusWidget]')
-                && shown.length >= images && shown.every(img => img.complete && img.naturalWidth > 0)
-                && drawn >= charts;
-        }""",
-        arg=[images, charts], timeout=RENDER_TIMEOUT_MS,
-    )
+    page.wait_for_function(IDLE_SCRIPT, arg=[images, charts], timeout=RENDER_TIMEOUT_MS)
 
 
 FIRST_MAP = "[data-testid=stMain] [data-testid=stImage] img"

@@ -1,9 +1,11 @@
 """The Evaluate page under Streamlit's AppTest: a run on generated digits, its charts and table, continue."""
 
+import io
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from explainers import cli, commands
@@ -102,3 +104,29 @@ def test_a_results_file_of_the_command_line_opens_with_the_same_tables_and_chart
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     app.text_input(key="ev.path").input(str(tmp_path / "other.csv")).run()
     assert any("not a results file" in e.value for e in app.error) and not problems(app)
+
+
+def test_the_csv_download_neutralises_formula_cells(page: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 10 of issue 14: a text cell a spreadsheet would run (``=``, ``+``, ``-``, ``@``, tab, CR
+    first) is downloaded prefixed with ``'``; numbers, negative ones included, are left as they are."""
+    downloads: list[bytes] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def recording(self, path_or_data, mimetype, kind, filename=None):  # the bytes the browser would get
+        if mimetype.startswith("text/csv"):
+            downloads.append(path_or_data if isinstance(path_or_data, bytes) else path_or_data.encode())
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", recording)
+    next(b for b in page.button if b.label == "Run").click().run()
+    rows = page.session_state["ev.rows"]
+    payloads = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+    for row, payload in zip(rows, payloads, strict=False):
+        row["image_id"] = payload
+    rows[0]["insertion_auc"] = -0.5
+    downloads.clear()
+    page.run()
+    assert not problems(page) and downloads
+    frame = pd.read_csv(io.StringIO(downloads[-1].decode()), keep_default_na=False)
+    assert list(frame["image_id"][: len(payloads)]) == [f"'{p}" for p in payloads]
+    assert frame["insertion_auc"][0] == -0.5

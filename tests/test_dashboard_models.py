@@ -138,7 +138,11 @@ def test_supported_timm_models_come_from_the_compatibility_table(tmp_path):
          ["✓ flat", *["✓"] * (len(methods) - 1)], "vit_base_patch16_siglip_224"),
         ("xcit", "refused: Xcit is not supported", ["—"] * len(methods), "xcit_tiny_12_p16_224"),
         ("odd", "class token · 1 prefix token · 14×14 patches · 2 layers × 2 heads",
-         ["✓", *["AttributeError: x"] * (len(methods) - 1)], "odd_model"),
+         ["✓", *["error: AttributeError: x"] * (len(methods) - 1)], "odd_model"),
+        ("cait", "class token (joins at step 24) · 1 prefix token · 14×14 patches · 26 layers × 2 heads",
+         ["refused: relevance propagation does not cover CaiT", *["✓"] * (len(methods) - 1)], "cait_s24_224"),
+        ("flat", "class token · 1 prefix token · 14×14 patches · 2 layers × 2 heads",
+         ["✓", "invalid map", *["✓"] * (len(methods) - 2)], "flat_model"),
     ]
     path = tmp_path / "compatibility.csv"
     with path.open("w", newline="") as handle:  # the columns scripts/compatibility.py writes
@@ -146,6 +150,7 @@ def test_supported_timm_models_come_from_the_compatibility_table(tmp_path):
         writer.writerow(["family", "module", "example", "summary", *methods, "models"])
         writer.writerows([family, "m", "e", summary, *cells, names] for family, summary, cells, names in rows)
     assert supported_timm_models(path) == {
+        "cait_s24_224": "class token (joins at step 24)",
         "vit_base_patch16_224": "class token",
         "vit_base_patch16_siglip_224": "attention pool",
         "vit_tiny_patch16_224": "class token",

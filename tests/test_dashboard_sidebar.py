@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dashboard.state import CAPTURE_CACHE_ENTRIES
+from dashboard import state
+from dashboard.byte_cache import nbytes
 from explainers.models import EMBEDDED
 from tests.dashboard_apptest import count_captures, images, messages, open_app, problems
 
@@ -107,17 +108,21 @@ def test_reruns_reuse_the_model_and_capture_and_leave_nothing_behind(monkeypatch
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in modules)
 
 
-def test_the_capture_cache_is_bounded(monkeypatch):
+def test_the_capture_cache_is_bounded_by_bytes(monkeypatch):
     first = 5_000_000  # seeds no other test (nor the random-digit button, below 10⁶) uses
     app = open_app(image=f"digit:{first}")
+    cache = state.caches().analyses
+    size = nbytes(app.session_state["_scene"].analysis)
+    monkeypatch.setattr(cache, "budget", 3 * size)  # three captures of this model fit
     captures = count_captures(monkeypatch)
-    for seed in range(first + 1, first + CAPTURE_CACHE_ENTRIES + 2):
+    for seed in range(first + 1, first + 5):
         app.session_state["_view"] = replace(app.session_state["_view"], image=f"digit:{seed}")
         app.run()
-    assert len(captures) == CAPTURE_CACHE_ENTRIES + 1
+        assert cache.total <= cache.budget and len(cache) <= 3
+    assert len(captures) == 4
     app.session_state["_view"] = replace(app.session_state["_view"], image=f"digit:{first}")
     app.run()
-    assert len(captures) == CAPTURE_CACHE_ENTRIES + 2  # the oldest capture was evicted
+    assert len(captures) == 5  # the oldest capture was evicted
     assert not problems(app)
 
 

@@ -74,9 +74,10 @@ def _families():
 FAMILIES = list(_families())
 #: What each classifier reads (transformers' own heads): the class token, or the mean of the patch tokens.
 READOUT = {name: "mean" if name in ("beit_mean", "data2vec_vision", "ijepa") else "cls" for name in FAMILIES}
-#: Methods every family must explain, and those every family reading the class token alone must.
-ATTENTION_METHODS = ("rollout", "grad_rollout", "raw_attention", "gae")
-CLASS_TOKEN_METHODS = ("attention_flow", "attn_gradcam")
+#: Methods every family must explain (the LRP family needs timm's own modules and may refuse).
+ATTENTION_METHODS = (
+    "rollout", "grad_rollout", "raw_attention", "gae", "attention_flow", "attn_gradcam", "legrad"
+)
 
 
 @pytest.fixture(scope="module")
@@ -156,15 +157,14 @@ def test_to_display_undoes_the_processors_normalisation(loaded):
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("method", explainers.list_explainers())
 def test_every_method_gives_finite_nonnegative_maps_of_the_grid(loaded, photo, name, method):
-    """The attention methods explain every family, the class-token methods every class-token family; the
-    methods that need timm's own modules (the LRP family, LeGrad) may refuse, with a ValueError only."""
+    """The attention methods (LeGrad included) explain every family; the methods that need timm's own
+    modules (the LRP family) may refuse, with a ValueError only."""
     model = loaded[name]
     x = torch.stack([model.preprocess(photo), model.preprocess(photo.rotate(90))])
     try:
         maps = explainers.explain(model.model, x, method)
     except ValueError:
         assert method not in ATTENTION_METHODS, method
-        assert method not in CLASS_TOKEN_METHODS or READOUT[name] != "cls" or name == "deit_distilled", method
         return
     assert maps.shape == (2, 4, 4)
     assert torch.isfinite(maps).all() and (maps >= 0).all()
@@ -229,6 +229,34 @@ def test_gradient_methods_equal_references_from_the_eager_attentions(folders, lo
     grad_rollout = explainers.explain(model, x, "grad_rollout", target=target)[0].flatten().double().numpy()
     _, product = reference.rollout(a, prefix, grads=g)
     np.testing.assert_allclose(grad_rollout, (rho @ product)[prefix:], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vit", "deit_distilled", "dinov2_registers", "beit_mean"])
+def test_legrad_equals_autograd_through_the_eager_models_hidden_states(folders, loaded, name):
+    """s_l = the classifier on layernorm(mean_n h_l), written per family from transformers' own modules,
+    differentiated w.r.t. the eager model's returned attention of layer l (LeGrad's CLIP recipe)."""
+    prefix = _families()[name][3]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    eager = _eager(folders[name])
+    out = eager(pixel_values=x, output_attentions=True, output_hidden_states=True)
+    target, want = 2, torch.zeros(2, 16 + prefix, dtype=torch.float64)
+    for hidden, attention in zip(out.hidden_states[1:], out.attentions, strict=True):
+        mean = hidden.mean(dim=1)
+        if name == "deit_distilled":
+            features = eager.base_model.layernorm(mean)
+            logits = (eager.cls_classifier(features) + eager.distillation_classifier(features)) / 2
+        elif name == "beit_mean":  # no final norm: the pooler norms the mean of the patches
+            logits = eager.classifier(eager.base_model.pooler.layernorm(mean))
+        elif name == "dinov2_registers":  # [class token; mean of the patches], both the mean here
+            features = eager.base_model.layernorm(mean)
+            logits = eager.classifier(torch.cat([features, features], dim=-1))
+        else:
+            logits = eager.classifier(eager.base_model.layernorm(mean))
+        (grad,) = torch.autograd.grad(logits[:, target].sum(), attention, retain_graph=True)
+        want += grad.clamp(min=0).mean(dim=(1, 2)).double()
+    maps = explainers.explain(loaded[name].model, x, "legrad", target=target).reshape(2, -1).double()
+    torch.testing.assert_close(maps, want[:, prefix:], atol=1e-9, rtol=1e-4)
+    assert (want[:, prefix:].std(dim=1) > 0).all()
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])

@@ -57,9 +57,10 @@ def method_row(methods: list[str]) -> dict[str, torch.Tensor]:
         if method not in maps:
             continue
         relevance = maps[method]
-        overlays[index].image(widgets.overlay_image(relevance), caption="over the image", width="stretch")
+        overlays[index].image(widgets.picture("overlay", relevance), caption="over the image",
+                              width="stretch")
         size = "×".join(str(n) for n in relevance.shape)
-        grids[index].image(widgets.grid_image(relevance), caption=f"raw {size} map", width="stretch")
+        grids[index].image(widgets.picture("grid", relevance), caption=f"raw {size} map", width="stretch")
         grids[index].caption(", ".join(f"{k}={v}" for k, v in params[method].items()) or "no parameters")
     return maps
 
@@ -205,7 +206,7 @@ def main() -> None:
     st.header("Compare explainers")
     picture, summary = st.columns([1, 3], gap="large")
     truth = " · green: ground-truth box" if scene.analysis.box else ""
-    picture.image(widgets.input_image(), caption=f"{scene.image.title}{truth}", width="stretch")
+    picture.image(widgets.picture("input"), caption=f"{scene.image.title}{truth}", width="stretch")
     with summary:
         question(scene)
         methods = widgets.controlled(st.multiselect, "c.methods", view.shown_methods(), label="Explainers",

@@ -40,6 +40,7 @@ from explainers.metrics.sanity import SANITY_THRESHOLD, fails_sanity
 from explainers.models import LoadedModel
 from explainers.registry import method_label
 from explainers.results import read_results
+from explainers.reviews.export import safe_csv
 from explainers.statistics import (
     CHEFER_LABEL,
     chefer_table,
@@ -148,7 +149,7 @@ def results(frame: pd.DataFrame, token: str | None = None) -> None:
     st.subheader("Scores (mean ± std over images)")
     st.dataframe(summary_table(frame))
     if token is None:
-        st.download_button("Download every row as CSV", frame.to_csv(index=False), file_name="evaluation.csv",
+        st.download_button("Download every row as CSV", safe_csv(frame), file_name="evaluation.csv",
                            mime="text/csv", icon=":material/download:")
     statistics(frame, token)
     curves = curve_means(frame)
@@ -239,17 +240,17 @@ def _stamp(path: Path) -> tuple[float, int]:
     return max((s.st_mtime for s in stats), default=0.0), sum(s.st_size for s in stats)
 
 
-@st.cache_resource(max_entries=2, show_spinner="Reading the results…")
-def _read_path(path: str, stamp: tuple[float, int]) -> pd.DataFrame:
-    return read_results(path)
-
-
-@st.cache_resource(max_entries=2, show_spinner="Reading the results…")
-def _read_upload(digest: str, suffix: str, _data: bytes) -> pd.DataFrame:
+def _read_upload(suffix: str, data: bytes) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"results{suffix}"
-        path.write_bytes(_data)
+        path.write_bytes(data)
         return read_results(path)
+
+
+def _results(token: str, read: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """The results file ``token`` names, read once for all sessions (:attr:`state.Caches.results`)."""
+    with st.spinner("Reading the results…"):
+        return state.caches().results.get_or_compute(token, read)
 
 
 def opened() -> None:
@@ -263,13 +264,15 @@ def opened() -> None:
         if upload is not None:
             data = upload.getvalue()
             token = content_hash(data)
-            frame = _read_upload(token, Path(upload.name).suffix.lower(), data)
+            suffix = Path(upload.name).suffix.lower()
+            frame = _results(f"{token}{suffix}", lambda: _read_upload(suffix, data))
         elif typed.strip():
             path = Path(typed.strip()).expanduser()
             if not path.exists():
                 raise ValueError(f"{path} does not exist on the server")
             stamp = _stamp(path)
-            frame, token = _read_path(str(path), stamp), f"{path.resolve()}@{stamp}"
+            token = f"{path.resolve()}@{stamp}"
+            frame = _results(token, lambda: read_results(path))
         else:
             st.info("Upload a results file or type its path.")
             return

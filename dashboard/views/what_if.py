@@ -33,8 +33,8 @@ def explore(method: str) -> None:
                 st.error(str(error))
                 return
         over, grid = st.columns(2)
-        over.image(widgets.overlay_image(relevance), caption="over the image", width="stretch")
-        grid.image(widgets.grid_image(relevance), caption="raw grid map", width="stretch")
+        over.image(widgets.picture("overlay", relevance), caption="over the image", width="stretch")
+        grid.image(widgets.picture("grid", relevance), caption="raw grid map", width="stretch")
         if timing is not None:
             elapsed = time.perf_counter() - start
             timing.success(f"Updated in {elapsed * 1000:.1f} ms from the cached capture, without a forward "

@@ -165,9 +165,14 @@ def neutralise_cells(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def safe_csv(frame: pd.DataFrame) -> str:
+    """``frame`` as CSV text for a spreadsheet: formula cells neutralised (:func:`neutralise_cells`), CRLF
+    rows (RFC 4180: a cell holding a CR or an LF is then quoted), no index."""
+    return neutralise_cells(frame).to_csv(index=False, lineterminator="\r\n")
+
+
 def scores_csv(review: Review) -> str:
-    # CRLF rows (RFC 4180): a cell holding a CR or an LF is then quoted.
-    return neutralise_cells(scores_frame(review)).to_csv(index=False, lineterminator="\r\n")
+    return safe_csv(scores_frame(review))
 
 
 def _data_uri(png: bytes) -> str:

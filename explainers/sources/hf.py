@@ -175,6 +175,18 @@ class HFVisionTransformer(nn.Module):
         """The last hidden states ``(B, N, D)`` (after the final norm), as the classifier reads them."""
         return self.hf.base_model(pixel_values=images).last_hidden_state
 
+    @property
+    def norm(self) -> nn.Module:
+        """The final norm between the last layer and the classifier (``base_model.layernorm``; BEiT and
+        Data2Vec-Vision with mean pooling: the identity, their pooler norms the mean)."""
+        return self.hf.base_model.layernorm
+
+    def forward_block_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last hidden states after the final norm (as :meth:`forward_features`) and every encoder
+        layer's output tokens ``(B, N, D)`` before it, from one pass (``output_hidden_states``)."""
+        out = self.hf.base_model(pixel_values=images, output_hidden_states=True)
+        return out.last_hidden_state, list(out.hidden_states[1:])
+
     def forward_head(self, hidden: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """The pooled embedding (``pre_logits=True``) or the logits of ``forward_features``' output.
 
