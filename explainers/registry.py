@@ -138,13 +138,12 @@ class Cost:
             parts.append(f"{n} max-flows on {dims['num_layers']}·{n}² edges")
         return " + ".join(parts)
 
-    def estimate_seconds(self, dims: Mapping[str, int], pass_seconds: float) -> float:
+    def estimate_seconds(self, dims: Mapping[str, int]) -> float:
         """A first guess of the time per image beyond the shared capture, from
         :attr:`SECONDS_PER_FLOW_EDGE`; measure to know.
 
-        The capture (``pass_seconds`` per image) already holds the per-layer readouts and the LRP
-        relevance when asked for them, so only the max-flows add to it (the other methods' maths after
-        the capture take milliseconds); ``pass_seconds`` does not enter the estimate."""
+        The capture already holds the per-layer readouts and the LRP relevance when asked for them, so only
+        the max-flows add to it (the other methods' maths after the capture take milliseconds)."""
         if not self.max_flows:
             return 0.0
         n = dims["num_tokens"]
