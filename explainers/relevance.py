@@ -42,6 +42,7 @@ plain tensor maths over the activations the capture records in its one forward p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,15 @@ def matmul_rule(a: torch.Tensor, b: torch.Tensor, r: torch.Tensor) -> tuple[torc
     """LRP-0 for ``a @ b``, halved per factor: ``(a ⊙ (S bᵀ) / 2, b ⊙ (aᵀ S) / 2)``, ``S = R ⊘ ab``."""
     s = safe_divide(r, a @ b)
     return a * (s @ b.transpose(-1, -2)) / 2, b * (a.transpose(-1, -2) @ s) / 2
+
+
+def linear_map_rule(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, r: torch.Tensor
+) -> torch.Tensor:
+    """LRP-0 for a linear map without bias ``z = f(x) = J x``: ``R_x = x ⊙ Jᵀ(R ⊘ f(x))``, ``Jᵀ`` by
+    ``torch.func.vjp`` (used for the rotary position embedding, a fixed rotation of channel pairs)."""
+    z, transpose = torch.func.vjp(f, x)
+    return x * transpose(safe_divide(r, z))[0]
 
 
 def add_rule(x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,6 +187,7 @@ def propagate(
             tokens_out = x["norm"]
         else:
             tokens_out = _residual_inputs(blocks[last], x, last)[1] + blocks[last].mlp_scale(y[f"{last}.fc2"])
+        grid = tuple(y["patches"].shape[-2:])
         r_e, readout = _output_relevance(parts, x, similarity, targets, dtype)
         r = torch.zeros_like(tokens_out)
         pool_relevance = None
@@ -202,7 +213,7 @@ def propagate(
                 r_mlp = torch.cat([r_mlp, r_mlp], dim=-1) / 2
             r = r_skip + linear_rule(x[f"{i}.fc10"], _weight(block.fc1), r_mlp)
             r_skip, r_attn = add_rule(x_in, x_mid - x_in, r)
-            r_attn, r_a = _attention_rule(block, x, y, attentions[i].to(dtype), i, r_attn)
+            r_attn, r_a = _attention_rule(block, x, y, attentions[i].to(dtype), i, r_attn, grid)
             attention_relevance.append(r_a)
             r = r_skip + r_attn
             tokens_out = x_in
@@ -252,7 +263,7 @@ def _mean_rule(tokens: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 def _attention_rule(
     block: BlockParts, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor], a: torch.Tensor, i: int,
-    r: torch.Tensor,
+    r: torch.Tensor, grid: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance of the attention branch's input and of its attention map ``A`` (``Attention.relprop``)."""
     batch, tokens, _ = r.shape
@@ -263,8 +274,17 @@ def _attention_rule(
     q, k, v = qkv.reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k = y.get(f"{i}.q_norm", q), y.get(f"{i}.k_norm", k)  # the normalised q, k the scores read
     r_a, r_v = matmul_rule(a, v, r)  # A·V
-    r_q, r_kt = matmul_rule(q, k.transpose(-1, -2), r_a)  # softmax: identity; the scale cancels in LRP-0
-    r_qkv = torch.stack([r_q, r_kt.transpose(-1, -2), r_v]).permute(1, 3, 0, 2, 4).reshape(batch, tokens, -1)
+    if block.rotate is None:
+        r_q, r_kt = matmul_rule(q, k.transpose(-1, -2), r_a)  # softmax: identity; the scale cancels in LRP-0
+        r_k = r_kt.transpose(-1, -2)
+    else:  # q' kʹᵀ with q' = rotate(q): LRP-0 through the product, then through each rotation
+
+        def rotate(t: torch.Tensor) -> torch.Tensor:
+            return block.rotate(t, grid)
+
+        r_q, r_kt = matmul_rule(rotate(q), rotate(k).transpose(-1, -2), r_a)
+        r_q, r_k = linear_map_rule(rotate, q, r_q), linear_map_rule(rotate, k, r_kt.transpose(-1, -2))
+    r_qkv = torch.stack([r_q, r_k, r_v]).permute(1, 3, 0, 2, 4).reshape(batch, tokens, -1)
     return linear_rule(x[f"{i}.qkv0"], _weight(block.qkv), r_qkv), r_a
 
 

@@ -54,6 +54,13 @@ FAMILIES = {
     "relpos_cls": ("vit_relpos_medium_patch16_cls_224", dict(TINY, img_size=32, patch_size=8)),
     "relpos_rpn": ("vit_relpos_small_patch16_rpn_224", dict(TINY, img_size=32, patch_size=8)),
     "beit": ("beit_base_patch16_224", dict(TINY, img_size=32, patch_size=8)),
+    "vit_rpn_post_norm": ("vit_base_patch16_rpn_224", dict(TINY, img_size=32, patch_size=8)),
+    "eva02_rope_glu_headless": ("eva02_tiny_patch14_224", dict(TINY, img_size=28, patch_size=7)),
+    "eva02_clip_swiglu": ("eva02_base_patch16_clip_224", dict(TINY, img_size=32, patch_size=8)),
+    "rope_cls": ("vit_small_patch16_rope_224", dict(TINY, img_size=32, patch_size=8)),
+    "rope_mixed": ("vit_small_patch16_rope_mixed_224", dict(TINY, img_size=32, patch_size=8)),
+    "pe_core_rope_attention_pool": ("vit_pe_core_tiny_patch16_384", dict(TINY, img_size=32, patch_size=8)),
+    "dinov3_rope_registers": ("vit_small_patch16_dinov3", dict(TINY, img_size=32, patch_size=8)),
 }
 
 
@@ -82,6 +89,30 @@ def test_relevance_is_conserved_and_maps_are_valid(family):
         assert maps.shape == (2, *cap.layout.grid), method
         assert torch.isfinite(maps).all() and (maps >= 0).all(), method
         assert (maps.flatten(1).std(dim=1) > 0).all(), f"{method} is constant on {family}"
+
+
+@pytest.mark.parametrize("family", ["eva02_rope_glu_headless", "rope_mixed", "dinov3_rope_registers"])
+def test_the_rotary_embedding_the_rules_read_is_the_one_the_model_applied(family):
+    """softmax(rotate(q) rotate(k)ᵀ / √d), from the recorded q and k and the adapter's rotation, is the
+    attention the model computed (recorded independently, at its softmax)."""
+    from explainers.lrp_families import model_parts
+    from explainers.recorder import ActivationRecorder
+    from explainers.relevance import watch_list
+
+    name, kwargs = FAMILIES[family]
+    model = build(name, **kwargs)
+    images = _images(model)
+    recorder = ActivationRecorder(watch_list(model))
+    with torch.no_grad(), recorder:
+        model(images) if model.num_classes else model.forward_features(images)
+    grid = explainers.describe_model(model).layout.grid
+    for i, block in enumerate(model_parts(model).blocks):
+        qkv = torch.cat([recorder.outputs[f"{i}.qkv{j}"] for j in range(len(block.qkv))], dim=-1)
+        q, k, _ = qkv.reshape(*qkv.shape[:2], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = recorder.outputs.get(f"{i}.q_norm", q), recorder.outputs.get(f"{i}.k_norm", k)
+        q, k = block.rotate(q, grid), block.rotate(k, grid)
+        attention = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)
+        torch.testing.assert_close(attention, recorder.attentions[i], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -168,8 +199,6 @@ def test_threads_on_a_pooled_model_give_the_serial_relevance():
     ("name", "kwargs", "reason"),
     [
         ("cait_xxs24_224", dict(depth=2, img_size=32, patch_size=8), "Cait: its class token joins"),
-        ("eva02_tiny_patch14_224", dict(depth=2, img_size=28), "Eva: its rotary position embeddings"),
-        ("vit_small_patch16_rope_224", dict(depth=2, img_size=32), "Eva: its rotary position embeddings"),
         ("naflexvit_base_patch16_gap", dict(depth=2, embed_dim=32, num_heads=2), "NaFlexVit: its embedding"),
         ("vit_small_patch16_36x1_224", dict(depth=2, img_size=32, global_pool="max"), "global_pool='max'"),
     ],

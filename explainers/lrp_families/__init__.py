@@ -12,7 +12,8 @@ watches their weights during the capture's own forward pass (:mod:`explainers.re
 hooked, patched or copied. Families:
 
 * :mod:`.timm_vit`: timm's ``VisionTransformer`` (class token, average pool with or without ``fc_norm``,
-  attention pool, registers, distilled DeiT), its relative-position variant and BEiT;
+  attention pool, registers, distilled DeiT), its relative-position variant, BEiT and EVA (rotary
+  position embeddings: EVA02, rope ViTs, PE, DINOv3 …);
 * :mod:`.hf`: Hugging Face ``transformers`` ViTs wrapped by :mod:`explainers.sources.hf`.
 
 :func:`model_parts` raises a ``ValueError`` naming the model and the reason for anything else.
@@ -38,6 +39,8 @@ class BlockParts:
             post-norm block (its attention reads ``x_in`` itself).
         qkv: one fused ``[q | k | v]`` projection, or three (q, k, v) reading the same input.
         q_norm, k_norm: per-head norms whose outputs the attention reads (``None``: none).
+        rotate: rotary position embedding, ``(t, grid) → t'`` for q or k ``(B, H, N, d)`` after their
+            norms: a fixed rotation of each token's channel pairs (``None`` without one).
         proj: the attention's output projection.
         norm2: the norm before the MLP; its input is ``x_mid`` (``None`` for a post-norm block).
         fc1: the MLP's input projection(s); with ``gated`` their concatenated outputs are the two factors
@@ -52,6 +55,7 @@ class BlockParts:
     qkv: tuple[nn.Linear, ...]
     q_norm: nn.Module | None
     k_norm: nn.Module | None
+    rotate: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None
     proj: nn.Linear
     norm2: nn.Module | None
     fc1: tuple[nn.Linear, ...]
@@ -98,8 +102,8 @@ class ModelParts:
             mean of the final tokens ``a..b-1`` (a single token when ``b = a + 1``).
         embedding_readout: the same for the pooled embedding ``e`` that a similarity target reads (equal to
             ``readout`` except for distilled DeiT, whose embedding is the mean of its two tokens).
-        pool: the attention pool that replaces ``readout``, or ``None``.
-        pooled_from: the first token the attention pool reads.
+        pool: the attention pool that replaces ``readout`` (it reads the last tokens, as many as it
+            was given), or ``None``.
     """
 
     blocks: tuple[BlockParts, ...]
@@ -112,7 +116,6 @@ class ModelParts:
     readout: tuple[tuple[int, int | None], ...]
     embedding_readout: tuple[tuple[int, int | None], ...]
     pool: PoolParts | None = None
-    pooled_from: int = 0
 
 
 def is_identity(module: object) -> bool:

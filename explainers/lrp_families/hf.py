@@ -112,6 +112,7 @@ def _block(layer: nn.Module, num_heads: int) -> BlockParts:
         qkv=qkv,
         q_norm=None,
         k_norm=None,
+        rotate=None,
         proj=proj,
         norm2=norm2,
         fc1=fc1,

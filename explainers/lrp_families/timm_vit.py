@@ -1,5 +1,5 @@
 """timm's ViTs for the LRP rules: ``VisionTransformer`` (and distilled DeiT), ``VisionTransformerRelPos``,
-``Beit`` and ``Eva`` without rotary embeddings.
+``Beit`` and ``Eva`` (EVA02, rope ViTs, PE, DINOv3 …: rotary position embeddings).
 
 Readouts: ``global_pool='token'`` reads token 0; ``'avg'`` the mean of the pooled tokens (``fc_norm``
 after it, an identity for the rules like every norm); an ``AttentionPoolLatent`` (``'map'``) its latent
@@ -11,7 +11,10 @@ post-norm (``ResPostBlock``) blocks, fused or separate q/k/v, q/k LayerNorm, Lay
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from timm.layers import apply_rot_embed_cat
 from torch import nn
 
 from . import LRP_METHODS, BlockParts, ModelParts, PoolParts, is_identity, optional_norm, recordable_norm
@@ -39,13 +42,11 @@ def parts(model: nn.Module) -> ModelParts:
     name = type(model).__name__
     if name in _NOT_COVERED:
         raise _refuse(model, _NOT_COVERED[name])
-    if getattr(model, "rope", None) is not None:
-        raise _refuse(model, "its rotary position embeddings are not covered by the rules yet")
     proj = getattr(getattr(model, "patch_embed", None), "proj", None)
     if not isinstance(proj, nn.Conv2d):
         raise _refuse(model, "its patch embedding is not one convolution")
     try:
-        blocks = tuple(_block(block) for block in model.blocks)
+        blocks = tuple(_block(block, _rotation(model, i)) for i, block in enumerate(model.blocks))
         norm_pre, norm = (optional_norm(getattr(model, n, None)) for n in ("norm_pre", "norm"))
     except ValueError as error:
         raise _refuse(model, str(error)) from None
@@ -58,7 +59,7 @@ def parts(model: nn.Module) -> ModelParts:
     if not heads and not is_identity(model.head):
         raise _refuse(model, f"its head is a {type(model.head).__name__}, not a linear classifier")
     num_prefix = int(getattr(model, "num_prefix_tokens", len(prefix)))
-    pooled_from = 0 if getattr(model, "pool_include_prefix", False) else num_prefix
+    pooled_from = 0 if getattr(model, "pool_include_prefix", False) else num_prefix  # of the mean
     pool = model.attn_pool if not is_identity(getattr(model, "attn_pool", None)) else None
     distilled = getattr(model, "dist_token", None) is not None
     if pool is not None:
@@ -83,7 +84,6 @@ def parts(model: nn.Module) -> ModelParts:
         readout=readout,
         embedding_readout=embedding,
         pool=pool_parts if pool is not None else None,
-        pooled_from=pooled_from,
     )
 
 
@@ -93,7 +93,29 @@ def _linear(module: object, what: str) -> nn.Linear:
     return module
 
 
-def _block(block: nn.Module) -> BlockParts:
+def _rotation(model: nn.Module, index: int) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None:
+    """EVA's rotary embedding of block ``index``: the embedding its ``_pos_embed`` makes for the grid,
+    applied by timm's own ``apply_rot_embed_cat`` to the tokens after the prefix, as ``EvaAttention``."""
+    rope = getattr(model, "rope", None)
+    if rope is None:
+        return None
+    attn = model.blocks[index].attn
+
+    def rotate(t: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if model.dynamic_img_size or not hasattr(rope, "feat_shape"):
+            embed = rope.get_embed(shape=grid)
+        else:
+            embed = rope.get_embed()
+        if getattr(model, "rope_mixed", False):
+            embed = embed[index]  # one embedding per block
+        prefix, half = attn.num_prefix_tokens, getattr(attn, "rotate_half", False)
+        rotated = apply_rot_embed_cat(t[:, :, prefix:], embed.to(t.dtype), half=half)
+        return torch.cat([t[:, :, :prefix], rotated], dim=2)
+
+    return rotate
+
+
+def _block(block: nn.Module, rotate: Callable | None) -> BlockParts:
     kind = type(block).__name__
     attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
     post_norm = kind in ("ResPostBlock", "ResPostRelPosBlock")
@@ -104,6 +126,8 @@ def _block(block: nn.Module) -> BlockParts:
         raise ValueError(f"its blocks' norms are {type(norm1).__name__}, which the recorder cannot read")
     if getattr(attn, "gate", None) is not None:
         raise ValueError("its attention output is gated by a sigmoid of the input")
+    if getattr(attn, "num_kv_heads", attn.num_heads) != attn.num_heads:
+        raise ValueError("its grouped-query attention shares keys and values between heads")
     fused = getattr(attn, "qkv", None)
     qkv = (fused,) if fused is not None else tuple(getattr(attn, f"{c}_proj", None) for c in "qkv")
     qkv = tuple(_linear(m, "q/k/v projection") for m in qkv)
@@ -120,6 +144,7 @@ def _block(block: nn.Module) -> BlockParts:
         qkv=qkv,
         q_norm=optional_norm(getattr(attn, "q_norm", None)),
         k_norm=optional_norm(getattr(attn, "k_norm", None)),
+        rotate=rotate,
         proj=_linear(attn.proj, "attention output projection"),
         norm2=None if post_norm else norm2,
         fc1=fc1,
