@@ -306,7 +306,7 @@ def capture(
     lrp = None
     if relevance:  # check_supported: no late class token, so the recorded maps are the blocks' (and pool's)
         embedding = None if similarity is None else (output.detach(), reference)
-        lrp = propagate(model, recorder.inputs, recorder.outputs, maps, targets, embedding)
+        lrp = propagate(model, recorder.inputs, recorder.outputs, maps, targets, layout.grid, embedding)
         lrp = lrp.to(store)
     return Capture(
         attentions=attentions,

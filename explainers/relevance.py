@@ -167,14 +167,15 @@ def propagate(
     outputs: dict[str, torch.Tensor],
     attentions: list[torch.Tensor],
     targets: torch.Tensor | None,
+    grid: tuple[int, int],
     similarity: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Relevance:
     """Relevance from the target at the output back to the input tokens (``ViT_LRP.relprop``).
 
     ``inputs``/``outputs``: what :class:`~explainers.recorder.ActivationRecorder` kept for
     :func:`watch_list`; ``attentions``: the post-softmax maps of the same pass (the blocks', then the
-    attention pool's). ``targets``: the class per image, or ``similarity = (e, r)``: the pooled
-    embeddings ``(B, D)`` and the reference ``(D,)`` whose cosine is explained.
+    attention pool's); ``grid``: the patch grid. ``targets``: the class per image, or ``similarity =
+    (e, r)``: the pooled embeddings ``(B, D)`` and the reference ``(D,)`` whose cosine is explained.
     """
     parts = model_parts(model)
     with torch.no_grad():
@@ -187,7 +188,6 @@ def propagate(
             tokens_out = x["norm"]
         else:
             tokens_out = _residual_inputs(blocks[last], x, last)[1] + blocks[last].mlp_scale(y[f"{last}.fc2"])
-        grid = tuple(y["patches"].shape[-2:])
         r_e, readout = _output_relevance(parts, x, similarity, targets, dtype)
         r = torch.zeros_like(tokens_out)
         pool_relevance = None
@@ -218,7 +218,7 @@ def propagate(
             r = r_skip + r_attn
             tokens_out = x_in
         embed = x.get("embed", tokens_out)
-        patches = parts.patch_norm(y["patches"].flatten(2).transpose(1, 2))
+        patches = parts.patch_tokens(x["patches"], y["patches"]).to(dtype)
         prefix = [t.expand(len(patches), -1, -1).to(dtype) for t in parts.prefix]
         tokens = torch.cat([*prefix, patches], dim=1)
         r_tokens, r_position = add_rule(tokens, embed - tokens, r)  # token embeddings + position embedding

@@ -61,6 +61,9 @@ FAMILIES = {
     "rope_mixed": ("vit_small_patch16_rope_mixed_224", dict(TINY, img_size=32, patch_size=8)),
     "pe_core_rope_attention_pool": ("vit_pe_core_tiny_patch16_384", dict(TINY, img_size=32, patch_size=8)),
     "dinov3_rope_registers": ("vit_small_patch16_dinov3", dict(TINY, img_size=32, patch_size=8)),
+    "naflex_gap_registers": ("naflexvit_base_patch16_gap", dict(TINY, patch_size=8)),
+    "naflex_siglip_map": ("naflexvit_base_patch16_siglip", dict(TINY, patch_size=8)),
+    "naflex_radio_cls": ("naflexvit_base_patch16_radio_v3", dict(TINY, patch_size=8)),
 }
 
 
@@ -113,6 +116,32 @@ def test_the_rotary_embedding_the_rules_read_is_the_one_the_model_applied(family
         q, k = block.rotate(q, grid), block.rotate(k, grid)
         attention = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)
         torch.testing.assert_close(attention, recorder.attentions[i], rtol=1e-4, atol=1e-6)
+
+
+POSITION_FAMILIES = ["avg_fc_norm_reg", "deit_distilled", "naflex_gap_registers", "siglip_map"]
+
+
+@pytest.mark.parametrize("family", POSITION_FAMILIES)
+def test_the_position_term_is_the_same_for_every_image(family):
+    """What the rules take as the position embedding (the first block's input minus the token embeddings
+    the adapter rebuilds) does not depend on the image; a wrong token embedding would."""
+    from explainers.lrp_families import model_parts
+    from explainers.recorder import ActivationRecorder
+    from explainers.relevance import watch_list
+
+    name, kwargs = FAMILIES[family]
+    model = build(name, **kwargs)
+    parts = model_parts(model)
+    recorder = ActivationRecorder(watch_list(model))
+    images = _images(model)
+    with torch.no_grad(), recorder:
+        model(images)
+    embedded = recorder.inputs.get("embed", recorder.inputs["0.norm1"])
+    patches = parts.patch_tokens(recorder.inputs["patches"], recorder.outputs["patches"])
+    prefix = [t.expand(2, -1, -1) for t in parts.prefix]
+    position = embedded - torch.cat([*prefix, patches], dim=1)
+    torch.testing.assert_close(position[0], position[1], rtol=0, atol=1e-5)
+    assert position[:, len(prefix):].abs().max() > 0.1  # these models add a position embedding to patches
 
 
 @pytest.mark.parametrize(
@@ -199,15 +228,14 @@ def test_threads_on_a_pooled_model_give_the_serial_relevance():
     ("name", "kwargs", "reason"),
     [
         ("cait_xxs24_224", dict(depth=2, img_size=32, patch_size=8), "Cait: its class token joins"),
-        ("naflexvit_base_patch16_gap", dict(depth=2, embed_dim=32, num_heads=2), "NaFlexVit: its embedding"),
+        ("vit_small_patch16_18x2_224", dict(depth=2, img_size=32), "ParallelThingsBlock is not supported"),
         ("vit_small_patch16_36x1_224", dict(depth=2, img_size=32, global_pool="max"), "global_pool='max'"),
     ],
 )
 def test_families_not_covered_are_refused_with_the_model_and_the_reason(name, kwargs, reason):
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
-    size = explainers.describe_model(model).image_size if "max" not in reason else (32, 32)
-    images = torch.randn(1, 3, *size)
+    images = torch.randn(1, 3, 32, 32)
     for method in LRP_METHODS:
         with pytest.raises(ValueError, match=reason):
             explainers.explain(model, images, method)

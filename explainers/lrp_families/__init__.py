@@ -12,8 +12,8 @@ watches their weights during the capture's own forward pass (:mod:`explainers.re
 hooked, patched or copied. Families:
 
 * :mod:`.timm_vit`: timm's ``VisionTransformer`` (class token, average pool with or without ``fc_norm``,
-  attention pool, registers, distilled DeiT), its relative-position variant, BEiT and EVA (rotary
-  position embeddings: EVA02, rope ViTs, PE, DINOv3 …);
+  attention pool, registers, distilled DeiT), its relative-position variant, BEiT, EVA (rotary
+  position embeddings: EVA02, rope ViTs, PE, DINOv3 …) and NaFlexViT;
 * :mod:`.hf`: Hugging Face ``transformers`` ViTs wrapped by :mod:`explainers.sources.hf`.
 
 :func:`model_parts` raises a ``ValueError`` naming the model and the reason for anything else.
@@ -91,8 +91,9 @@ class ModelParts:
 
     Attributes:
         blocks: the blocks, in order.
-        patches: the convolution whose output ``(B, D, gh, gw)`` are the patch embeddings.
-        patch_norm: applied to the flattened patch embeddings (identity without one).
+        patches: the layer that embeds the patches (a convolution, or NaFlexViT's linear layer).
+        patch_tokens: ``(its recorded input, its recorded output) → (B, P, D)`` patch embeddings, before
+            any position embedding.
         prefix: the prefix-token parameters ``(1, k, D)`` in token order (class, distillation, registers).
         norm_pre: a norm between the embeddings and the first block (CLIP), or ``None``.
         norm: the final norm over the tokens, or ``None`` when the model has none there.
@@ -108,7 +109,7 @@ class ModelParts:
 
     blocks: tuple[BlockParts, ...]
     patches: nn.Module
-    patch_norm: Callable[[torch.Tensor], torch.Tensor]
+    patch_tokens: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     prefix: tuple[torch.Tensor, ...]
     norm_pre: nn.Module | None
     norm: nn.Module | None

@@ -70,7 +70,7 @@ def parts(model: nn.Module) -> ModelParts:
     return ModelParts(
         blocks=blocks,
         patches=embeddings.patch_embeddings.projection,
-        patch_norm=nn.Identity(),
+        patch_tokens=lambda images, out: out.flatten(2).transpose(1, 2),
         prefix=prefix,
         norm_pre=None,
         norm=norm,

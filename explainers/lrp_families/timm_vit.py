@@ -19,11 +19,12 @@ from torch import nn
 
 from . import LRP_METHODS, BlockParts, ModelParts, PoolParts, is_identity, optional_norm, recordable_norm
 
-_MODELS = ("VisionTransformer", "VisionTransformerDistilled", "VisionTransformerRelPos", "Beit", "Eva")
+_MODELS = (
+    "VisionTransformer", "VisionTransformerDistilled", "VisionTransformerRelPos", "Beit", "Eva", "NaFlexVit"
+)
 #: Families the rules do not cover yet, with the reason.
 _NOT_COVERED = {
     "Cait": "its class token joins in class-attention blocks whose queries differ from their keys",
-    "NaFlexVit": "its embedding takes flattened, possibly padded patches with a masked attention",
 }
 
 
@@ -42,19 +43,19 @@ def parts(model: nn.Module) -> ModelParts:
     name = type(model).__name__
     if name in _NOT_COVERED:
         raise _refuse(model, _NOT_COVERED[name])
-    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
-    if not isinstance(proj, nn.Conv2d):
-        raise _refuse(model, "its patch embedding is not one convolution")
+    embed = getattr(model, "patch_embed", None) or getattr(model, "embeds", None)  # NaFlexViT: embeds
+    proj = getattr(embed, "proj", None)
+    if not isinstance(proj, nn.Conv2d | nn.Linear):
+        raise _refuse(model, "its patch embedding is not one convolution or linear layer")
     try:
         blocks = tuple(_block(block, _rotation(model, i)) for i, block in enumerate(model.blocks))
         norm_pre, norm = (optional_norm(getattr(model, n, None)) for n in ("norm_pre", "norm"))
+        patch_tokens = _patch_tokens(embed)
     except ValueError as error:
         raise _refuse(model, str(error)) from None
-    prefix = tuple(
-        t
-        for t in (getattr(model, n, None) for n in ("cls_token", "dist_token", "reg_token"))
-        if t is not None
-    )
+    owner = embed if type(embed).__name__ == "NaFlexEmbeds" else model  # where the prefix tokens live
+    names = ("cls_token", "dist_token", "reg_token")
+    prefix = tuple(t for t in (getattr(owner, n, None) for n in names) if t is not None)
     heads = tuple(h for h in (model.head, getattr(model, "head_dist", None)) if isinstance(h, nn.Linear))
     if not heads and not is_identity(model.head):
         raise _refuse(model, f"its head is a {type(model.head).__name__}, not a linear classifier")
@@ -76,7 +77,7 @@ def parts(model: nn.Module) -> ModelParts:
     return ModelParts(
         blocks=blocks,
         patches=proj,
-        patch_norm=model.patch_embed.norm if hasattr(model.patch_embed, "norm") else nn.Identity(),
+        patch_tokens=patch_tokens,
         prefix=prefix,
         norm_pre=norm_pre,
         norm=norm,
@@ -93,6 +94,23 @@ def _linear(module: object, what: str) -> nn.Linear:
     return module
 
 
+def _patch_tokens(embed: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The patch embeddings from the projection's recorded input and output. NaFlexViT adds its position
+    embedding to the projection's output in place, so there they are the projection of its input again
+    (its own layer, on the input it was given: one more patch projection, about 1% of a forward)."""
+    norm = getattr(embed, "norm", None) or nn.Identity()
+    if type(embed).__name__ != "NaFlexEmbeds":
+        return lambda images, out: norm(out.flatten(2).transpose(1, 2))
+    if embed.is_linear and embed.norm_input is not None:
+        raise ValueError("its patch embedding normalises the pixels of each patch first")
+
+    def tokens(inputs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        projected = embed.proj(inputs)
+        return norm(projected if embed.is_linear else projected.flatten(2).transpose(1, 2))
+
+    return tokens
+
+
 def _rotation(model: nn.Module, index: int) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None:
     """EVA's rotary embedding of block ``index``: the embedding its ``_pos_embed`` makes for the grid,
     applied by timm's own ``apply_rot_embed_cat`` to the tokens after the prefix, as ``EvaAttention``."""
@@ -102,11 +120,11 @@ def _rotation(model: nn.Module, index: int) -> Callable[[torch.Tensor, tuple[int
     attn = model.blocks[index].attn
 
     def rotate(t: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        if model.dynamic_img_size or not hasattr(rope, "feat_shape"):
+        if getattr(model, "dynamic_img_size", True) or not hasattr(rope, "feat_shape"):
             embed = rope.get_embed(shape=grid)
         else:
             embed = rope.get_embed()
-        if getattr(model, "rope_mixed", False):
+        if getattr(model, "rope_mixed", False) or getattr(model, "rope_is_mixed", False):
             embed = embed[index]  # one embedding per block
         prefix, half = attn.num_prefix_tokens, getattr(attn, "rotate_half", False)
         rotated = apply_rot_embed_cat(t[:, :, prefix:], embed.to(t.dtype), half=half)
