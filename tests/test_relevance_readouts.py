@@ -227,7 +227,7 @@ def test_threads_on_a_pooled_model_give_the_serial_relevance():
 @pytest.mark.parametrize(
     ("name", "kwargs", "reason"),
     [
-        ("cait_xxs24_224", dict(depth=2, img_size=32, patch_size=8), "Cait: its class token joins"),
+        ("cait_xxs24_224", dict(depth=2, img_size=32, patch_size=8), "Cait: its patch blocks mix the heads"),
         ("vit_small_patch16_18x2_224", dict(depth=2, img_size=32), "ParallelThingsBlock is not supported"),
         ("vit_small_patch16_36x1_224", dict(depth=2, img_size=32, global_pool="max"), "global_pool='max'"),
     ],

@@ -24,7 +24,8 @@ _MODELS = (
 )
 #: Families the rules do not cover yet, with the reason.
 _NOT_COVERED = {
-    "Cait": "its class token joins in class-attention blocks whose queries differ from their keys",
+    "Cait": "its patch blocks mix the heads before and after the softmax (talking heads), so the map the "
+    "recorder sees is not the one multiplied with V, and its class token joins in class-attention blocks",
 }
 
 
