@@ -332,3 +332,19 @@ def test_hugging_face_vit_relevance_equals_timm_on_the_same_weights(hf_models):
     ours, theirs = (explainers.capture(m, images, [1, 4], relevance=True) for m in (wrapped, model))
     torch.testing.assert_close(ours.logits, theirs.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours.relevance.tokens, theirs.relevance.tokens, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["siglip_map", "avg_fc_norm_reg", "eva02_rope_glu_headless", "relpos_cls"])
+def test_fused_and_unfused_attention_give_the_same_relevance(family):
+    name, kwargs = FAMILIES[family]
+    model = build(name, **kwargs)
+    images = _images(model)
+    maps = {}
+    for fused in (True, False):
+        for module in model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = fused
+        cap = _capture(model, images)
+        maps[fused] = [explainers.compute(cap, m) for m in LRP_METHODS]
+    for a, b in zip(maps[True], maps[False], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
