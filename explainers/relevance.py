@@ -270,7 +270,7 @@ def _attention_rule(
     heads = block.num_heads
     r = linear_rule(x[f"{i}.proj"], block.proj.weight, r)
     r = r.reshape(batch, tokens, heads, -1).transpose(1, 2)  # b n (h d) -> b h n d
-    qkv = torch.cat([y[f"{i}.qkv{j}"] for j in range(len(block.qkv))], dim=-1)
+    qkv = y[f"{i}.qkv0"] if len(block.qkv) == 1 else torch.cat([y[f"{i}.qkv{j}"] for j in range(3)], dim=-1)
     q, k, v = qkv.reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k = y.get(f"{i}.q_norm", q), y.get(f"{i}.k_norm", k)  # the normalised q, k the scores read
     r_a, r_v = matmul_rule(a, v, r)  # A·V
