@@ -26,9 +26,8 @@ import torch
 
 from .evaluate import Evaluation, Sample
 from .models import load_model
+from .names import LOCAL
 
-#: ``address`` meaning "start a local Ray instance for this run".
-LOCAL = "local"
 #: Batches queued on one worker at a time: one computing, one waiting.
 IN_FLIGHT = 2
 #: Object store of a local instance: batches in flight and rows are small.

@@ -41,10 +41,9 @@ from .metrics.localisation import mass_inside, pointing_game, topk_iou
 from .metrics.perturbation import BASELINES, CURVES, fractions_every, perturbation_curves
 from .metrics.sanity import cascading_randomisation
 from .models import LoadedModel
+from .names import METRICS, TARGETS
 from .registry import capture_options, get_explainer
 
-METRICS: tuple[str, ...] = ("perturbation", "localisation", "sanity", "agreement")
-TARGETS: tuple[str, ...] = ("predicted", "label")
 #: The columns that identify a row and the settings it was computed with.
 KEY_COLUMNS: tuple[str, ...] = ("image_id", "method", "params", "baseline", "target_mode")
 #: What the model made of the image: its label (if known), the class explained, the prediction, whether

@@ -44,7 +44,21 @@ SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "
 
 
 class ModelLoadError(ValueError):
-    """A model could not be loaded; the message names the problem and the fix."""
+    """A model could not be loaded; the message names the problem and the fix.
+
+    Where the fix is said in the library's terms (``load_model(..., weights=...)``), ``remedy`` names
+    it (one of :data:`REMEDIES`) and ``problem`` is the message without it, so that a front end can say
+    it in its own terms (the command line: ``--weights FILE``).
+    """
+
+    def __init__(self, problem: str, fix: str = "", *, remedy: str | None = None) -> None:
+        super().__init__(f"{problem} {fix}".strip())
+        self.problem, self.remedy = problem, remedy
+
+
+#: The fixes :class:`ModelLoadError` names by ``remedy``: a local weights file for a timm model; an
+#: ``hf:`` folder saved on a connected machine; leave ``weights`` out (an ``hf:`` model has its own).
+REMEDIES: tuple[str, ...] = ("weights_file", "hf_folder", "no_weights")
 
 
 class Preprocess:
@@ -154,9 +168,8 @@ def _hugging_face(
     from .sources import hf
 
     if weights is not None:
-        raise ModelLoadError(
-            f"{spec} takes its weights from its folder or hub repository; weights= is only for timm models."
-        )
+        raise ModelLoadError(f"{spec} takes its weights from its folder or hub repository.",
+                             "weights= is only for timm models.", remedy="no_weights")
     model, preprocess, data_config = hf.load(spec[len(HF_PREFIX) :], max_params)
     return LoadedModel(
         spec=spec,
@@ -426,35 +439,31 @@ def _cached_hub_file(hub_id: str, filename: str | None) -> str | None:
     return None
 
 
-def _local_file_hint(spec: str) -> str:
-    return (
-        f"Load a local file instead with load_model({spec!r}, weights='path/to/weights.safetensors') "
-        "(a .pth or .pt state dict works too)."
-    )
+def _no_hub_weights(spec: str, problem: str) -> ModelLoadError:
+    """Hub weights cannot be had: the error, with the fix of a local weights file."""
+    fix = (f"Load a local file instead with load_model({spec!r}, weights='path/to/weights.safetensors') "
+           "(a .pth or .pt state dict works too).")
+    return ModelLoadError(problem, fix, remedy="weights_file")
 
 
 def _timm_from_hub(spec: str) -> torch.nn.Module:
     cfg = _timm_cfg(spec)
     hub_id = cfg.hf_hub_id if cfg is not None else None
     if cfg is None or not (hub_id or cfg.url):
-        raise ModelLoadError(
-            f"timm has no pretrained weights for {spec!r}: choose a model that has some. "
-            + _local_file_hint(spec)
-        )
+        raise _no_hub_weights(spec, f"timm has no pretrained weights for {spec!r}: choose one that has some.")
     overlay: dict[str, Any] = {}
     if _hub_offline() or not _hub_reachable():
         cached = _cached_hub_file(hub_id, cfg.hf_hub_filename) if hub_id else None
         if cached is None:
-            raise ModelLoadError(
-                f"The pretrained weights of {spec!r} are not in the local cache and the Hugging Face hub "
-                "cannot be reached (offline): download them once on a connected machine. "
-                + _local_file_hint(spec)
+            raise _no_hub_weights(
+                spec, f"The pretrained weights of {spec!r} are not in the local cache and the Hugging Face "
+                "hub cannot be reached (offline): download them once on a connected machine."
             )
         overlay = {"file": cached}
     try:
         return timm.create_model(spec, pretrained=True, pretrained_cfg_overlay=overlay or None)
     except (OSError, RuntimeError) as error:
-        raise ModelLoadError(
-            f"The pretrained weights of {spec!r} could not be loaded ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}). {_local_file_hint(spec)}"
+        raise _no_hub_weights(
+            spec, f"The pretrained weights of {spec!r} could not be loaded ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]})."
         ) from error

@@ -234,23 +234,38 @@ def test_a_page_opens_at_its_own_path(open_page, name):
     assert page.locator("[data-testid=stException]").count() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: in headless Chromium the click on the Plotly picker does "
-                   "not reach Streamlit's selection event yet (the selection handling is covered by AppTest)")
-def test_clicking_a_patch_shows_where_it_looks(open_page, tmp_path):
-    page = open_page("/head_fusion")
-    wait_until_idle(page, *EXPECTED["head_fusion"])
+def click_patch(page, row: int, column: int, grid: int = 8) -> None:
+    """A mouse click at the centre of patch ``(row, column)`` of the Head fusion page's picker, whose plot
+    area is the image (``grid`` × ``grid`` patches)."""
     picker = page.locator("[data-testid=stMain] .js-plotly-plot").first
     picker.scroll_into_view_if_needed()
-    area = picker.locator(".nsewdrag").first.bounding_box()  # the plot area: the image, 8×8 patches
-    row, column = 5, 2
-    x, y = (column + 0.5) / 8 * area["width"], (row + 0.5) / 8 * area["height"]
-    page.mouse.click(area["x"] + x, area["y"] + y)
+    area = picker.locator(".nsewdrag").first.bounding_box()
+    page.mouse.click(area["x"] + (column + 0.5) / grid * area["width"],
+                     area["y"] + (row + 0.5) / grid * area["height"])
+
+
+def test_clicking_a_patch_shows_where_it_looks(open_page, tmp_path):
+    """A real click on the picker (Plotly's point selection) chooses the patch: the URL and the rows follow,
+    and a second click moves them on."""
+    page = open_page("/head_fusion")
+    wait_until_idle(page, *EXPECTED["head_fusion"])
+    for (row, column), tokens in (((5, 2), 43), ((1, 6), 15)):
+        click_patch(page, row, column)
+        patch = str(row * 8 + column)
+        page.wait_for_function("patch => new URLSearchParams(location.search).get('patch') === patch",
+                               arg=patch, timeout=RENDER_TIMEOUT_MS)
+        page.get_by_text(f"Shown: patch ({row}, {column}), token {tokens} of 65").wait_for(
+            timeout=RENDER_TIMEOUT_MS)
+        wait_until_idle(page, *EXPECTED["head_fusion"])
+        text = page.locator("[data-testid=stMain]").inner_text()
+        assert f"rollout row of the patch ({row}, {column})" in text
+        title = page.locator("[data-testid=stMain] .gtitle").filter(has_text=f"Patch ({row}, {column}):")
+        assert title.count() == 1  # the patch's attention rows, per layer and head
+        assert page.locator("[data-testid=stException]").count() == 0
+    click_patch(page, 5, 2)  # the README's picture: the patch of the first click again
     page.wait_for_function("() => new URLSearchParams(location.search).get('patch') === '42'",
                            timeout=RENDER_TIMEOUT_MS)
-    wait_until_idle(page, *EXPECTED["head_fusion"])
-    text = page.locator("[data-testid=stMain]").inner_text()
-    assert "Shown: patch (5, 2), token 43 of 65" in text and "rollout row of the patch (5, 2)" in text
-    assert page.locator("[data-testid=stException]").count() == 0
+    page.get_by_text("Shown: patch (5, 2), token 43 of 65").wait_for(timeout=RENDER_TIMEOUT_MS)
     screenshot(page, tmp_path, "head_fusion_patch", EXPECTED["head_fusion"],
                start=page.get_by_text("Where does this patch look?"))
 
@@ -272,7 +287,9 @@ def retrained(weight_dir: Path) -> str:
 
 
 def test_two_models_side_by_side(open_page, tmp_path, retrained):
-    page = open_page(f"/?page=compare&model2=embedded&weights2={retrained}&image=gallery:digit-03")
+    methods = "rollout,grad_rollout,raw_attention,gae"
+    page = open_page(f"/?page=compare&model2=embedded&weights2={retrained}&image=gallery:digit-03"
+                     f"&methods={methods}")
     wait_until_idle(page, 2 + 3 * 4)  # per method: A's map, B's map and their difference
     text = page.locator("[data-testid=stMain]").inner_text()
     assert "Both models explain the class" in text and "Agreement between the two models" in text

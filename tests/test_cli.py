@@ -1,15 +1,20 @@
 """The command line on a few images: a valid CSV written row by row, resume, clear errors, explain's files."""
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from explainers import cli
+from explainers import cli, commands, models
 from explainers.evaluate import Evaluation
+from explainers.names import declared_method_names, method_names
 from explainers.registry import list_explainers
 from tests.test_evaluate import tiny_loaded
 
@@ -20,7 +25,7 @@ FAST = ["--methods", METHODS, "--metrics", "perturbation,localisation,agreement"
 @pytest.fixture(autouse=True)
 def tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every --model loads the same small random ViT (the loader itself is tested in test_models)."""
-    monkeypatch.setattr(cli, "load_model", lambda spec, device, weights: tiny_loaded())
+    monkeypatch.setattr(commands, "load_model", lambda spec, device, weights: tiny_loaded())
 
 
 def evaluate(out: Path, images: str, *extra: str) -> int:
@@ -191,3 +196,98 @@ def test_evaluate_help_names_the_methods_and_the_defaults(capsys: pytest.Capture
     text = " ".join(capsys.readouterr().out.split())
     assert f"({', '.join(list_explainers())})" in text and "rollout" in list_explainers()
     assert "(default: black)" in text and "(default: predicted)" in text and "road" in text
+
+
+def test_the_method_files_declare_the_registered_names() -> None:
+    """``--help`` in a fresh process reads the method names from the method files: the registry's, in its
+    order; in a process that has the registry (plugins registered in it included), the registry's."""
+    assert declared_method_names() == list_explainers()
+    assert method_names() == list_explainers()
+
+
+HEAVY = ("torch", "timm", "pandas", "numpy", "PIL", "transformers")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status"),
+    [
+        (["--help"], 0),
+        (["evaluate", "--help"], 0),
+        (["explain", "--help"], 0),
+        ([], 2),
+        (["evaluate", "--images", "cluttered:1"], 2),  # --out missing
+        (["evaluate", "--images", "x", "--out", "y.csv", "--baseline", "grey"], 2),
+        (["export", "twelve", "--out", "x"], 2),
+    ],
+)
+def test_help_and_usage_errors_import_nothing_heavy(arguments: list[str], status: int) -> None:
+    """``python -m explainers`` parses before it imports torch & co. (seconds): ``-X importtime`` lists
+    every module the process imported."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "explainers", *arguments], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == status, run.stderr[-2000:]
+    if arguments[1:] == ["--help"]:  # evaluate --help, explain --help
+        assert f"({', '.join(list_explainers())})" in " ".join(run.stdout.split())  # every method, in order
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"explainers", "explainers.cli", "explainers.names", "argparse"} <= imported
+    assert sorted(name for name in imported if name.split(".")[0] in HEAVY) == []
+    assert "explainers.commands" not in imported
+
+
+def test_an_offline_hub_model_suggests_the_weights_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.undo()  # the real loader
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    arguments = ["explain", "--model", "deit_tiny_patch16_224", "--images", "cluttered:1", "--out",
+                 str(tmp_path / "maps")]
+    assert cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: The pretrained weights of 'deit_tiny_patch16_224' are not in the local")
+    assert "--weights FILE" in err and "load_model(" not in err and "weights=" not in err
+
+
+def test_an_hf_model_with_weights_is_told_to_leave_the_flag_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.undo()
+    arguments = ["explain", "--model", "hf:some/folder", "--weights", "w.safetensors", "--images",
+                 "cluttered:1", "--out", str(tmp_path / "maps")]
+    assert cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert "--weights is only for timm models" in err and "weights=" not in err
+
+
+def test_every_remedy_of_the_loader_has_command_line_words() -> None:
+    assert set(cli.REMEDIES) == set(models.REMEDIES)
+
+
+@pytest.mark.parametrize(
+    ("db", "message"),
+    [
+        ("missing.sqlite3", "--db '{tmp}/missing.sqlite3': there is no such file"),
+        ("", "--db '{tmp}' is a folder: name the review board's file in it, e.g. {tmp}/reviews.sqlite3"),
+    ],
+)
+def test_export_says_what_is_wrong_with_the_db_it_was_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture, db: str, message: str
+) -> None:
+    path = tmp_path / db if db else tmp_path
+    assert cli.main(["export", "1", "--db", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and "pass --db" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_without_db_names_the_data_folder_and_both_fixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("VIT_EXPLAIN_DATA_DIR", str(tmp_path / "data"))
+    assert cli.main(["export", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"no review board at {tmp_path / 'data' / 'reviews.sqlite3'}" in err
+    assert f"$VIT_EXPLAIN_DATA_DIR is '{tmp_path / 'data'}'" in err and "pass --db FILE" in err

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explainers import cli
+from explainers import cli, commands
 from explainers.evaluate import KEY_COLUMNS, summary_table
 from explainers.results import read_results
 from explainers.statistics import chefer_table
@@ -76,7 +76,7 @@ def test_no_method_chosen_is_explained_not_run(page: AppTest) -> None:
 def test_a_results_file_of_the_command_line_opens_with_the_same_tables_and_charts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
 ) -> None:
-    monkeypatch.setattr(cli, "load_model", lambda spec, device, weights: tiny_loaded())
+    monkeypatch.setattr(commands, "load_model", lambda spec, device, weights: tiny_loaded())
     out = tmp_path / f"results{suffix}"
     assert cli.main(["evaluate", "--images", "cluttered:4", "--out", str(out), "--methods", "rollout,gae",
                      "--metrics", "perturbation,localisation,agreement"]) == 0

@@ -45,7 +45,7 @@ def test_the_patch_view_shows_the_patch_in_the_url_next_to_the_class_token():
     shown = [c for image in app.main.image for c in image.captions]
     assert {f"rollout row of the patch ({row}, {column})", "rollout row of the class token"} <= set(shown)
     picker, patch_rows, cls_rows = (json.loads(spec) for spec in plotly_specs(app))
-    assert picker["data"][1]["customdata"]["shape"] == f"{grid_h * grid_w}, 3"  # a clickable point per patch
+    assert picker["data"][1]["customdata"]["shape"] == f"{grid_h * grid_w}, 2"  # a point per patch
     layers, heads = scene.capture.num_layers, scene.capture.num_heads
     assert len(patch_rows["data"]) == len(cls_rows["data"]) == layers * heads
     assert "page=head_fusion" in link(app) and "patch=10" in link(app)
@@ -61,9 +61,26 @@ def test_a_patch_outside_the_grid_shows_the_centre_with_a_message():
 def test_a_clicked_patch_becomes_the_views_patch():
     """The picker's selection (as the browser sends it) sets the patch; the browser test clicks for real."""
     app = open_app(page="head_fusion")
-    selection = {"selection": {"points": [{"customdata": [21, 2, 5]}], "point_indices": [21],
-                               "box": [], "lasso": []}}
+    # As Chromium sends it: a row of the NumPy customdata is a typed array, serialised as an object.
+    point = {"curve_number": 1, "point_number": 21, "point_index": 21, "x": 44.0, "y": 20.0,
+             "customdata": {"0": 2, "1": 5}}
+    selection = {"selection": {"points": [point], "point_indices": [21], "box": [], "lasso": []}}
     app.session_state["h.patch_picker"] = selection
     app.run()
     assert not problems(app)
     assert app.query_params["patch"] == "21"
+
+
+def test_charts_carry_no_colour_that_streamlit_rewrites():
+    """Streamlit's frontend replaces #000001–#000010 in every Plotly figure (its theme's placeholders):
+    Inferno's first stop #000004 turned zero attention lavender in the browser."""
+    app = open_app(page="head_fusion")
+    specs = plotly_specs(app)
+    assert specs
+    placeholders = [f"#0000{i:02d}" for i in range(1, 11)]
+    for spec in map(json.loads, specs):
+        spec["layout"].pop("template", None)  # the theme's own placeholders, there to be replaced
+        text = json.dumps(spec).lower()
+        assert not [c for c in placeholders if c in text]
+    cls_rows = json.loads(specs[-1])
+    assert cls_rows["layout"]["coloraxis"]["colorscale"][0][1] == "rgb(0, 0, 4)"  # Inferno's black, as rgb

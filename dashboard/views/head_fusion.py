@@ -6,6 +6,7 @@ import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.colors import convert_colors_to_same_type
 
 from dashboard import state, widgets
 from explainers import get_explainer, list_explainers
@@ -18,6 +19,9 @@ HEADS_PER_ROW = 6
 IMAGE_PX = 260
 PICKER_PX, PANEL_PX = 380, 110
 PICKER_KEY = "h.patch_picker"
+#: Plotly's Inferno written as rgb(): Streamlit's chart frontend rewrites the colours #000001 to #000010
+#: anywhere in a figure (its theme's placeholders, even with ``theme=None``), and Inferno starts at #000004.
+INFERNO = convert_colors_to_same_type(px.colors.sequential.Inferno, "rgb")[0]
 
 
 def declares(method: str, *params: str) -> bool:
@@ -68,10 +72,14 @@ def chosen_patch() -> tuple[int, int]:
 
 
 def on_patch_click(selection: dict) -> None:
-    """A newly clicked patch (a point of the picker) becomes the view's patch."""
+    """A newly clicked patch becomes the view's patch: the picker's point ``i`` is patch ``i`` (row-major).
+
+    The point's index, not its ``customdata``: the browser reports a row of a NumPy ``customdata`` as a
+    typed array, which reaches Python as ``{"0": …, "1": …}``.
+    """
     points = selection.get("selection", {}).get("points", [])
-    if widgets.newly_reported(PICKER_KEY, [p.get("customdata") for p in points]) and points:
-        patch = int(points[0]["customdata"][0])
+    if widgets.newly_reported(PICKER_KEY, [p.get("point_index") for p in points]) and points:
+        patch = int(points[0]["point_index"])
         state.commit(state.view().with_option("patch", patch, state.scene().dims))
         st.rerun()
 
@@ -88,14 +96,16 @@ def patch_picker(row: int, column: int) -> None:
     rows, columns = np.divmod(np.arange(grid_h * grid_w), grid_w)
     figure.add_trace(go.Scatter(
         x=(columns + 0.5) * cell_w, y=(rows + 0.5) * cell_h, mode="markers",
-        customdata=np.stack([np.arange(grid_h * grid_w), rows, columns], axis=1),
-        hovertemplate="patch (%{customdata[1]}, %{customdata[2]})<extra></extra>",
+        customdata=np.stack([rows, columns], axis=1),
+        hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<extra></extra>",
         marker={"symbol": "square", "size": 0.8 * PICKER_PX / max(grid_h, grid_w), "opacity": 0.12,
                 "color": "white", "line": {"width": 0}},
         selected={"marker": {"opacity": 0.35}}, unselected={"marker": {"opacity": 0.12}},
     ))
     figure.update_traces(hoverinfo="skip", hovertemplate=None, selector={"type": "image"})  # clicks: points
-    figure.update_xaxes(visible=False).update_yaxes(visible=False)
+    # The plot area is the image: no autorange padding for the markers, so a patch is where it looks.
+    figure.update_xaxes(visible=False, range=[0, image.shape[1]], autorange=False)
+    figure.update_yaxes(visible=False, range=[image.shape[0], 0], autorange=False)
     figure.update_layout(width=PICKER_PX, height=PICKER_PX, margin={"l": 0, "r": 0, "t": 0, "b": 0},
                          showlegend=False, dragmode=False)
     selection = st.plotly_chart(figure, key=PICKER_KEY, on_select="rerun", selection_mode="points",
@@ -107,7 +117,7 @@ def rows_figure(rows: np.ndarray, title: str) -> go.Figure:
     """``(L, H, gh, gw)`` attention rows as a layers × heads grid of small heatmaps."""
     layers, heads = rows.shape[:2]
     figure = px.imshow(rows.reshape(layers * heads, *rows.shape[2:]), facet_col=0, facet_col_wrap=heads,
-                       facet_row_spacing=0.02, facet_col_spacing=0.01, color_continuous_scale="Inferno",
+                       facet_row_spacing=0.02, facet_col_spacing=0.01, color_continuous_scale=INFERNO,
                        title=title)
     for annotation in figure.layout.annotations:
         layer, head = divmod(int(annotation.text.split("=")[-1]), heads)
@@ -146,7 +156,7 @@ def patch_view() -> None:
     for cell, index, name in tokens:
         rows = attention_rows(capture, index)[0].cpu().numpy()
         figure = rows_figure(rows, f"{name}: attention per layer and head")
-        cell.plotly_chart(figure, width="stretch", theme=None)  # the Inferno scale as it is
+        cell.plotly_chart(figure, width="stretch", theme=None)  # the Inferno scale as it is (no theme)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
 
+from ..names import BASELINES
 from .road import road_impute
 
 
@@ -52,7 +53,6 @@ def fractions_every(percent: int) -> tuple[float, ...]:
 
 #: The standard steps: 0%, 10%, …, 90% of the patches.
 FRACTIONS: tuple[float, ...] = fractions_every(10)
-BASELINES: tuple[str, ...] = ("black", "mean", "blur", "road")
 #: RISE blurs with σ = 5 pixels (Petsiuk et al. 2018, insertion baseline).
 BLUR_SIGMA = 5.0
 

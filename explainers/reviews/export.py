@@ -20,11 +20,11 @@ import plotly.io as pio
 from PIL import Image, ImageDraw, ImageFont
 
 from ..images import read_image
+from ..names import FORMATS
 from ..registry import method_label
 from ..render import DEFAULT_COLORMAP, DEFAULT_OPACITY, colorbar, overlay
 from .store import Review
 
-FORMATS: tuple[str, ...] = ("png", "csv", "html", "zip")
 TILE = 224  # pixels per tile side in the PNG grid
 GRID_COLUMNS = 4
 _PAD = 8

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from ..names import DB_NAME
+
 DATA_DIR_ENV = "VIT_EXPLAIN_DATA_DIR"
-DB_NAME = "reviews.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Longest author name, notes and comment (characters): longer text is refused with a message.

@@ -328,8 +328,9 @@ def _locate(source: str) -> tuple[str, bool]:
         if not isinstance(try_to_load_from_cache(repo, "config.json", revision=revision or None), str):
             raise ModelLoadError(
                 f"{source!r} is not in the local Hugging Face cache and the hub cannot be reached (offline): "
-                "download it once on a connected machine, or save it with save_pretrained and load "
-                f"load_model('{HF_PREFIX}path/to/folder')."
+                "download it once on a connected machine.",
+                f"Or save it there with save_pretrained and load load_model('{HF_PREFIX}path/to/folder').",
+                remedy="hf_folder",
             )
         return source, True
     return source, False
