@@ -198,8 +198,7 @@ class Explainer:
             )
         if self.needs_relevance and capture.relevance is None:
             raise ValueError(
-                f"{self.name} needs LRP relevance but this capture has none: capture with relevance=True "
-                "(class-token ViTs only)"
+                f"{self.name} needs LRP relevance but this capture has none: capture with relevance=True"
             )
         relevance = self.fn(capture, **values)
         return capture.layout.to_grid(relevance.float())

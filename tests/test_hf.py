@@ -168,8 +168,13 @@ def test_every_method_gives_finite_nonnegative_maps_of_the_grid(loaded, photo, n
         return
     assert maps.shape == (2, 4, 4)
     assert torch.isfinite(maps).all() and (maps >= 0).all()
-    # attention Grad-CAM is the ReLU of a signed head-weighted sum: on a random tiny model it may be all zero
-    assert maps.std() > 0 or method == "attn_gradcam"
+    # attention Grad-CAM is the ReLU of a signed head-weighted sum: on a random tiny model it may be all zero;
+    # Transformer Attribution read by a mean adds the readout row 1_S/|S| itself, next to which the
+    # near-uniform attention of a tiny random model is below float32 resolution (test_relevance_readouts
+    # checks it on peaked weights)
+    mean_ta = method == "transformer_attribution" and READOUT[name] == "mean"
+    flat_allowed = method == "attn_gradcam" or mean_ta
+    assert maps.std() > 0 or flat_allowed
 
 
 def _readout_row(n: int, prefix: int, readout: str) -> torch.Tensor:
