@@ -309,10 +309,10 @@ def capture(
     attentions, pool = _lay_out(tuple(a.detach() for a in maps), layout, pooled, store)
     gradients_out, pool_gradient = (None, None) if grads is None else _lay_out(grads, layout, pooled, store)
     lrp = None
-    if relevance:  # check_supported: no late class token, so the recorded maps are the blocks' (and pool's)
+    if relevance:  # R_A in the recorded maps' shapes, laid out on all tokens as the maps are (CaiT)
         embedding = None if similarity is None else (output.detach(), reference)
         lrp = propagate(model, recorder.inputs, recorder.outputs, maps, targets, layout.grid, embedding)
-        lrp = lrp.to(store)
+        lrp = replace(lrp.to(store), attention=_lay_out(lrp.attention, layout, False, store)[0])
     return Capture(
         attentions=attentions,
         gradients=gradients_out,

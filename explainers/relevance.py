@@ -29,6 +29,29 @@ Beyond the authors' class-token ViT (the same rules, applied to the other parts;
 * **Relative-position bias** (BEiT, ``vit_relpos``) is an additive term of the scores
   ``q kᵀ·s + B``; the LRP-0 rule of ``q kᵀ`` divides by ``q kᵀ`` alone, so the bias's share goes to q and
   k, as the linear rule leaves every bias out.
+* **Talking heads** (CaiT's patch blocks, ``TalkingHeadAttn``): ``S = q kᵀ·s``, ``S' = proj_l(S)``,
+  ``A = softmax(S')``, ``A' = proj_w(A)``, ``out = A'·v``, where ``proj_l`` and ``proj_w`` are linear maps
+  across the heads (applied at every query-key pair). LRP-0 on ``A'·v`` (halved) gives ``R_{A'}``; LRP-0
+  of ``proj_w`` along the head axis, ``R_A[h] = A[h] Σ_g W[g, h] R_{A'}[g] ⊘ z[g]`` with ``z = W A`` (bias
+  left out), gives ``R_A``; the softmax is the identity; the same rule through ``proj_l`` gives ``R_S``;
+  then LRP-0 on ``q kᵀ``. These maps mix a few signed inputs (the heads): the α1β0 rule of the wide
+  linear layers would drop the relevance of every output whose contributions are all negative (about one
+  in 2ᴴ for signed scores), so they get LRP-0, like the attention products, which conserves relevance.
+  The attention relevance of such a block (``Relevance.attention``) is ``R_A``, of the post-softmax map
+  ``A`` that the capture records and whose gradient ``∂y/∂A`` it holds, so ``transformer_attribution``
+  pairs ``∂y/∂A ⊙ R_A`` and ``partial_lrp`` reads ``R_A`` of the same map the attention methods show.
+* **Class attention** (CaiT's ``blocks_token_only``): ``x_cls ← x_cls + s₁(proj(A v))`` with ``A =
+  softmax(q kᵀ)`` ``(1 × N)`` per head, ``q`` from ``x̂_cls`` and ``k, v`` from ``x̂ = norm1([x_cls |
+  patches])``, then the MLP on ``x_cls`` alone. The class token's relevance splits by the add rule into
+  its residual and each branch; the attention branch goes through ``proj``, ``A·v`` (halved), ``q kᵀ``
+  (halved) and the q, k, v projections to ``x̂``, so to the class token and to every patch token, whose
+  relevance adds up over these blocks (the patches themselves pass through unchanged). The class token
+  enters here as a parameter: its relevance after the first class-attention block is the share of the
+  ``cls_token`` parameter, reported as token 0 of ``Relevance.tokens``; the patch tokens' relevance then
+  goes back through the patch blocks as usual, so ``Σ_patches + R_cls + R_position`` is the starting
+  relevance. Each class-attention step's ``R_A`` is laid out on the class token's row of the
+  ``(N × N)`` map, and each patch block's on the patch rows and columns, as the capture lays out the
+  attention itself (:class:`~explainers.TokenLayout`).
 * **Similarity target** (headless models, :class:`~explainers.SimilarityTarget`): the explained score is
   ``cos(e, r) = Σ_c e_c r̂_c / ‖e‖`` with ``r̂ = r / ‖r‖``, and the relevance at ``e`` is each
   dimension's term, ``R_c = e_c r̂_c / ‖e‖``, which sums to the cosine.
@@ -143,11 +166,14 @@ def watch_list(model: nn.Module) -> dict[int, str]:
     named: dict[str, nn.Module | None] = {"patches": parts.patches, "embed": parts.norm_pre}
     named["norm"] = parts.norm
     named.update({f"head{j}": head for j, head in enumerate(parts.heads)})
-    for i, block in enumerate(parts.blocks):
+    blocks = [*enumerate(parts.blocks), *((f"c{j}", b) for j, b in enumerate(parts.class_blocks))]
+    for i, block in blocks:
         named.update({f"{i}.{name}": getattr(block, name) for name in ("norm1", "q_norm", "k_norm", "proj",
                                                                         "norm2", "fc2")})
         named.update({f"{i}.qkv{j}": m for j, m in enumerate(block.qkv)})
         named.update({f"{i}.fc1{j}": m for j, m in enumerate(block.fc1)})
+        if block.talking_heads is not None:
+            named[f"{i}.proj_l"], named[f"{i}.proj_w"] = block.talking_heads
     if parts.pool is not None:
         pool_layers = ("kv", "k_norm", "proj", "fc1", "fc2")
         named.update({f"pool.{name}": getattr(parts.pool, name) for name in pool_layers})
@@ -173,26 +199,32 @@ def propagate(
     """Relevance from the target at the output back to the input tokens (``ViT_LRP.relprop``).
 
     ``inputs``/``outputs``: what :class:`~explainers.recorder.ActivationRecorder` kept for
-    :func:`watch_list`; ``attentions``: the post-softmax maps of the same pass (the blocks', then the
-    attention pool's); ``grid``: the patch grid. ``targets``: the class per image, or ``similarity =
-    (e, r)``: the pooled embeddings ``(B, D)`` and the reference ``(D,)`` whose cosine is explained.
+    :func:`watch_list`; ``attentions``: the post-softmax maps of the same pass (the blocks', CaiT's
+    class-attention blocks', then the attention pool's); ``grid``: the patch grid. ``Relevance.attention``
+    has the recorded maps' shapes (CaiT: ``(B, H, P, P)`` then ``(B, H, 1, N)``; the capture lays them
+    out). ``targets``: the class per image, or ``similarity = (e, r)``: the pooled embeddings ``(B, D)``
+    and the reference ``(D,)`` whose cosine is explained.
     """
     parts = model_parts(model)
     with torch.no_grad():
         dtype = torch.promote_types(torch.float32, next(iter(inputs.values())).dtype)  # float32, or float64
         x = {k: v.detach().to(dtype) for k, v in inputs.items()}
         y = {k: v.detach().to(dtype) for k, v in outputs.items()}
-        blocks = parts.blocks
+        blocks, class_blocks = parts.blocks, parts.class_blocks
         last = len(blocks) - 1
         if "norm" in x:  # the last block's output
             tokens_out = x["norm"]
+        elif class_blocks:  # [x_cls | patches] after the last class-attention block
+            cls_out = _block_output(class_blocks[-1], x, y, f"c{len(class_blocks) - 1}")
+            tokens_out = torch.cat([cls_out, x["c0.norm1"][:, 1:]], dim=1)
         else:
-            tokens_out = _residual_inputs(blocks[last], x, last)[1] + blocks[last].mlp_scale(y[f"{last}.fc2"])
+            tokens_out = _block_output(blocks[last], x, y, last)
         r_e, readout = _output_relevance(parts, x, similarity, targets, dtype)
         r = torch.zeros_like(tokens_out)
         pool_relevance = None
         if parts.pool is not None:
-            r_pooled, r_a = _pool_rule(parts.pool, x, y, attentions[len(blocks)].to(dtype), r_e)
+            pool_map = attentions[len(blocks) + len(class_blocks)].to(dtype)
+            r_pooled, r_a = _pool_rule(parts.pool, x, y, pool_map, r_e)
             r[:, -r_pooled.shape[1] :] = r_pooled  # the pool reads the last M tokens
             pool_relevance = r_a.new_zeros(*r_a.shape[:-1], r.shape[1])
             pool_relevance[..., -r_a.shape[-1] :] = r_a
@@ -203,15 +235,26 @@ def propagate(
                     r[:, start] += r_part
                 else:
                     r[:, start:stop] += _mean_rule(final[:, start:stop], r_part)
-        attention_relevance = []
+        attention_relevance = []  # from the last attention step back
+        r_cls = None
+        if class_blocks:  # the class token's relevance, then the patches' (unchanged by these blocks)
+            r_cls, r, cls_out = r[:, :1], r[:, 1:], tokens_out[:, :1]
+            for j in reversed(range(len(class_blocks))):
+                block, name = class_blocks[j], f"c{j}"
+                joined, cls_mid = _residual_inputs(block, x, name)  # norm1 reads [x_cls | patches]
+                cls_in = joined[:, :1]
+                r_cls = _mlp_rule(block, x, name, cls_mid, cls_out, r_cls)
+                r_skip, r_attn = add_rule(cls_in, cls_mid - cls_in, r_cls)
+                step = attentions[len(blocks) + j].to(dtype)
+                r_joined, r_a = _class_attention_rule(block, x, y, step, name, r_attn)
+                attention_relevance.append(r_a)
+                r_cls, r = r_skip + r_joined[:, :1], r + r_joined[:, 1:]
+                cls_out = cls_in
+            tokens_out = x["c0.norm1"][:, 1:]  # the last patch block's output
         for i in reversed(range(len(blocks))):
             block = blocks[i]
             x_in, x_mid = _residual_inputs(block, x, i)
-            r_skip, r_mlp = add_rule(x_mid, tokens_out - x_mid, r)
-            r_mlp = linear_rule(x[f"{i}.fc2"], block.fc2.weight, r_mlp)
-            if block.gated:  # h = a ⊙ act(b): LRP-0 of the product gives each factor half
-                r_mlp = torch.cat([r_mlp, r_mlp], dim=-1) / 2
-            r = r_skip + linear_rule(x[f"{i}.fc10"], _weight(block.fc1), r_mlp)
+            r = _mlp_rule(block, x, i, x_mid, tokens_out, r)
             r_skip, r_attn = add_rule(x_in, x_mid - x_in, r)
             r_attn, r_a = _attention_rule(block, x, y, attentions[i].to(dtype), i, r_attn, grid)
             attention_relevance.append(r_a)
@@ -222,13 +265,34 @@ def propagate(
         prefix = [t.expand(len(patches), -1, -1).to(dtype) for t in parts.prefix]
         tokens = torch.cat([*prefix, patches], dim=1)
         r_tokens, r_position = add_rule(tokens, embed - tokens, r)  # token embeddings + position embedding
+        token_relevance = r_tokens.sum(-1)
+        if r_cls is not None:  # CaiT: the share of the cls_token parameter, where the class token joined
+            token_relevance = torch.cat([r_cls.sum(-1), token_relevance], dim=1)
         return Relevance(
-            tuple(reversed(attention_relevance)), r_tokens.sum(-1), r_position.sum((1, 2)), pool_relevance
+            tuple(reversed(attention_relevance)), token_relevance, r_position.sum((1, 2)), pool_relevance
         )
 
 
+def _block_output(block: BlockParts, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor], i: int | str
+                  ) -> torch.Tensor:
+    """``x_out = x_mid + s₂(fc2(h))`` of a block, from its recorded tensors."""
+    return _residual_inputs(block, x, i)[1] + block.mlp_scale(y[f"{i}.fc2"])
+
+
+def _mlp_rule(
+    block: BlockParts, x: dict[str, torch.Tensor], i: int | str, x_mid: torch.Tensor, x_out: torch.Tensor,
+    r: torch.Tensor,
+) -> torch.Tensor:
+    """Relevance at ``x_mid`` from ``r`` at ``x_out = x_mid + s₂(fc2(act(fc1(norm2(x_mid)))))``."""
+    r_skip, r_mlp = add_rule(x_mid, x_out - x_mid, r)
+    r_mlp = linear_rule(x[f"{i}.fc2"], block.fc2.weight, r_mlp)
+    if block.gated:  # h = a ⊙ act(b): LRP-0 of the product gives each factor half
+        r_mlp = torch.cat([r_mlp, r_mlp], dim=-1) / 2
+    return r_skip + linear_rule(x[f"{i}.fc10"], _weight(block.fc1), r_mlp)
+
+
 def _residual_inputs(
-    block: BlockParts, x: dict[str, torch.Tensor], i: int
+    block: BlockParts, x: dict[str, torch.Tensor], i: int | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x_in, x_mid)``: the inputs of the pre-norms, or of the attention and the MLP after a post-norm."""
     if block.norm1 is None:
@@ -273,19 +337,59 @@ def _attention_rule(
     qkv = y[f"{i}.qkv0"] if len(block.qkv) == 1 else torch.cat([y[f"{i}.qkv{j}"] for j in range(3)], dim=-1)
     q, k, v = qkv.reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k = y.get(f"{i}.q_norm", q), y.get(f"{i}.k_norm", k)  # the normalised q, k the scores read
-    r_a, r_v = matmul_rule(a, v, r)  # A·V
+    if block.talking_heads is None:
+        r_a, r_v = matmul_rule(a, v, r)  # A·V
+        r_s = r_a  # softmax: identity
+    else:  # out = proj_w(A)·V, A = softmax(proj_l(S)); the head maps act on the last axis of (B, N, N, H)
+        proj_l, proj_w = block.talking_heads
+        r_mixed, r_v = matmul_rule(y[f"{i}.proj_w"].permute(0, 3, 1, 2), v, r)
+        r_a = _head_map_rule(x[f"{i}.proj_w"], proj_w.weight, r_mixed.permute(0, 2, 3, 1))
+        r_s = _head_map_rule(x[f"{i}.proj_l"], proj_l.weight, r_a).permute(0, 3, 1, 2)
+        r_a = r_a.permute(0, 3, 1, 2)
     if block.rotate is None:
-        r_q, r_kt = matmul_rule(q, k.transpose(-1, -2), r_a)  # softmax: identity; the scale cancels in LRP-0
+        r_q, r_kt = matmul_rule(q, k.transpose(-1, -2), r_s)  # the scale cancels in LRP-0
         r_k = r_kt.transpose(-1, -2)
     else:  # q' kʹᵀ with q' = rotate(q): LRP-0 through the product, then through each rotation
 
         def rotate(t: torch.Tensor) -> torch.Tensor:
             return block.rotate(t, grid)
 
-        r_q, r_kt = matmul_rule(rotate(q), rotate(k).transpose(-1, -2), r_a)
+        r_q, r_kt = matmul_rule(rotate(q), rotate(k).transpose(-1, -2), r_s)
         r_q, r_k = linear_map_rule(rotate, q, r_q), linear_map_rule(rotate, k, r_kt.transpose(-1, -2))
     r_qkv = torch.stack([r_q, r_k, r_v]).permute(1, 3, 0, 2, 4).reshape(batch, tokens, -1)
     return linear_rule(x[f"{i}.qkv0"], _weight(block.qkv), r_qkv), r_a
+
+
+def _head_map_rule(x: torch.Tensor, weight: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """LRP-0 of a talking-heads map ``z = x Wᵀ`` (bias left out) over the last (head) axis."""
+    weight = weight.to(x.dtype)
+    return linear_map_rule(lambda t: t @ weight.T, x, r)
+
+
+def _class_attention_rule(
+    block: BlockParts, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor], a: torch.Tensor, name: str,
+    r: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relevance ``(B, N, D)`` of ``x̂ = norm1([x_cls | patches])`` from ``r`` ``(B, 1, D)`` at a
+    class-attention output ``proj(A v)``, and the relevance of ``A`` ``(B, H, 1, N)``: LRP-0 (halved) on
+    ``A·v`` and ``q kᵀ``, the linear rule for ``proj`` and for ``q`` (the class token's row of ``x̂``), ``k``
+    and ``v`` (every row)."""
+    batch, heads = r.shape[0], block.num_heads
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # b n (h d) -> b h n d
+        return t.reshape(batch, -1, heads, t.shape[-1] // heads).transpose(1, 2)
+
+    def merge(t: torch.Tensor) -> torch.Tensor:  # b h n d -> b n (h d)
+        return t.transpose(1, 2).reshape(batch, t.shape[2], -1)
+
+    r = split(linear_rule(x[f"{name}.proj"], block.proj.weight, r))
+    q, k, v = (split(y[f"{name}.qkv{j}"]) for j in range(3))  # q: (B, D) from the class token alone
+    r_a, r_v = matmul_rule(a, v, r)
+    r_q, r_kt = matmul_rule(q, k.transpose(-1, -2), r_a)  # softmax: identity; the scale cancels
+    r_kv = torch.cat([merge(r_kt.transpose(-1, -2)), merge(r_v)], dim=-1)
+    r_joined = linear_rule(x[f"{name}.qkv1"], _weight(block.qkv[1:]), r_kv)
+    r_cls = linear_rule(x[f"{name}.qkv0"], block.qkv[0].weight, merge(r_q)[:, 0])
+    return torch.cat([r_joined[:, :1] + r_cls[:, None], r_joined[:, 1:]], dim=1), r_a
 
 
 def _pool_rule(

@@ -1,6 +1,7 @@
 """LRP (lrp, partial_lrp, transformer_attribution) beyond the class-token ViT: mean and attention-pool
 readouts, distilled DeiT, similarity targets, block variants (LayerScale, q/k norm, relative-position
-bias, GLU/SwiGLU MLPs), Hugging Face ViTs, and clear refusals for the families not covered.
+bias, GLU/SwiGLU MLPs), CaiT (talking heads, late class token), Hugging Face ViTs, and clear refusals for
+the families not covered.
 
 The maps are checked against ``tests/reference_lrp.py``, a float64 forward pass and LRP written out step
 by step from the state dict, and relevance conservation is checked for every family.
@@ -16,6 +17,8 @@ from tests.chefer_weights import chefer_state_dict
 
 LRP_METHODS = ("lrp", "partial_lrp", "transformer_attribution")
 TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2}
+#: CaiT with two talking-heads patch blocks and two class-attention blocks (4 heads, as cait_xxs)
+CAIT = {"depth": 2, "depth_token_only": 2, "embed_dim": 32, "num_heads": 4, "img_size": 32, "patch_size": 8}
 
 
 def build(name: str, **kwargs) -> torch.nn.Module:
@@ -64,6 +67,8 @@ FAMILIES = {
     "naflex_gap_registers": ("naflexvit_base_patch16_gap", dict(TINY, patch_size=8)),
     "naflex_siglip_map": ("naflexvit_base_patch16_siglip", dict(TINY, patch_size=8)),
     "naflex_radio_cls": ("naflexvit_base_patch16_radio_v3", dict(TINY, patch_size=8)),
+    "cait_talking_heads_class_attention": ("cait_xxs24_224", CAIT),
+    "cait_headless": ("cait_xxs24_224", dict(CAIT, num_classes=0)),
 }
 
 
@@ -175,6 +180,51 @@ def test_relevance_equals_a_float64_step_by_step_reference(family, kwargs):
             assert (cap.relevance.pool[b, :, :, :first] == 0).all()
 
 
+def test_cait_relevance_equals_a_float64_step_by_step_reference():
+    """Talking-heads patch blocks, then class-attention blocks where the class token joins: the library's
+    relevance (float64 model) equals ``reference_lrp.cait_forward_and_relevance`` up to rounding, the
+    class token's share is token 0, and every R_A lies where the capture lays out its map."""
+    model = build("cait_xxs24_224", **CAIT, num_classes=4).double()
+    images = _images(model).double()
+    cap = explainers.capture(model, images, [1, 3], relevance=True)
+    split = cap.layout.class_attention_from
+    assert split == 2 and len(cap.relevance.attention) == 4
+    for b, target in enumerate([1, 3]):
+        reference = reference_lrp.cait_forward_and_relevance(model, images[b], target)
+        logits, tokens, position, attention = reference
+        torch.testing.assert_close(cap.logits[b], logits, rtol=1e-9, atol=1e-9)  # the same forward
+        torch.testing.assert_close(tokens.sum() + position, torch.tensor(1.0, dtype=torch.float64))
+        assert tokens[0].abs() > 1e-3  # the class token's parameter keeps a share
+        scale = tokens.abs().max()
+        torch.testing.assert_close(cap.relevance.tokens[b].double(), tokens, rtol=0, atol=1e-9 * scale)
+        torch.testing.assert_close(cap.relevance.position[b].double(), position, rtol=0, atol=1e-9)
+        for step, (ours, theirs) in enumerate(zip(cap.relevance.attention, attention, strict=True)):
+            ours = ours[b].double()
+            tol = 1e-9 * theirs.abs().max()
+            if step < split:  # patch blocks: the patch rows and columns, nothing on the class token
+                torch.testing.assert_close(ours[:, 1:, 1:], theirs, rtol=0, atol=tol)
+                assert (ours[:, 0] == 0).all() and (ours[:, :, 0] == 0).all()
+            else:  # class attention: the class token's row only
+                torch.testing.assert_close(ours[:, :1], theirs, rtol=0, atol=tol)
+                assert (ours[:, 1:] == 0).all()
+
+
+def test_cait_talking_heads_relevance_belongs_to_the_recorded_map():
+    """The map the capture records in a talking-heads block (and whose gradient it keeps) is
+    A = softmax(proj_l(q kᵀ·s)), the map whose relevance ``Relevance.attention`` holds, not proj_w(A)."""
+    model = build("cait_xxs24_224", **CAIT, num_classes=4)
+    images = _images(model)
+    cap = explainers.capture(model, images, relevance=True)
+    x = model.patch_embed(images) + model.pos_embed
+    block = model.blocks[0]
+    attn = block.attn
+    qkv = attn.qkv(block.norm1(x)).reshape(2, 16, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    scores = qkv[0] @ qkv[1].transpose(-1, -2) * attn.scale
+    expected = attn.proj_l(scores.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).softmax(-1)
+    torch.testing.assert_close(cap.attentions[0][:, :, 1:, 1:], expected, rtol=1e-4, atol=1e-6)
+    assert (cap.relevance.attention[0][:, :, 1:, 1:].abs().sum((-1, -2)) > 0).all()
+
+
 def test_similarity_relevance_equals_the_reference_and_sums_to_the_cosine():
     model = build("vit_tiny_patch16_224", **TINY, img_size=32, patch_size=8, global_pool="map",
                   class_token=False, num_classes=0).double()
@@ -227,7 +277,6 @@ def test_threads_on_a_pooled_model_give_the_serial_relevance():
 @pytest.mark.parametrize(
     ("name", "kwargs", "reason"),
     [
-        ("cait_xxs24_224", dict(depth=2, img_size=32, patch_size=8), "Cait: its patch blocks mix the heads"),
         ("vit_small_patch16_18x2_224", dict(depth=2, img_size=32), "ParallelThingsBlock is not supported"),
         ("vit_small_patch16_36x1_224", dict(depth=2, img_size=32, global_pool="max"), "global_pool='max'"),
     ],
@@ -334,7 +383,11 @@ def test_hugging_face_vit_relevance_equals_timm_on_the_same_weights(hf_models):
     torch.testing.assert_close(ours.relevance.tokens, theirs.relevance.tokens, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["siglip_map", "avg_fc_norm_reg", "eva02_rope_glu_headless", "relpos_cls"])
+@pytest.mark.parametrize(
+    "family",
+    ["siglip_map", "avg_fc_norm_reg", "eva02_rope_glu_headless", "relpos_cls",
+     "cait_talking_heads_class_attention"],
+)
 def test_fused_and_unfused_attention_give_the_same_relevance(family):
     name, kwargs = FAMILIES[family]
     model = build(name, **kwargs)

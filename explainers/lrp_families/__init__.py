@@ -13,7 +13,8 @@ hooked, patched or copied. Families:
 
 * :mod:`.timm_vit`: timm's ``VisionTransformer`` (class token, average pool with or without ``fc_norm``,
   attention pool, registers, distilled DeiT), its relative-position variant, BEiT, EVA (rotary
-  position embeddings: EVA02, rope ViTs, PE, DINOv3 …) and NaFlexViT;
+  position embeddings: EVA02, rope ViTs, PE, DINOv3 …), NaFlexViT and CaiT (talking-heads patch blocks,
+  then class-attention blocks where the class token joins);
 * :mod:`.hf`: Hugging Face ``transformers`` ViTs wrapped by :mod:`explainers.sources.hf`.
 
 :func:`model_parts` raises a ``ValueError`` naming the model and the reason for anything else.
@@ -49,6 +50,14 @@ class BlockParts:
         mlp_scale: what follows the MLP on its branch, ``x_out = x_mid + s₂(fc2(h))``: its layer scale
             (identity without one), or the post-norm block's ``norm2``.
         num_heads: attention heads.
+        talking_heads: ``(proj_l, proj_w)`` of talking-heads attention (CaiT's patch blocks), linear maps
+            across the heads before and after the softmax: ``A = softmax(proj_l(S))``, the output reads
+            ``proj_w(A)·V`` (``None`` for plain attention).
+
+    A class-attention block (CaiT's ``blocks_token_only``, :attr:`ModelParts.class_blocks`) has the same
+    parts: ``qkv = (q, k, v)``, where ``q`` reads the class token's row of ``norm1([x_cls | patches])``
+    only and ``k, v`` all of it; ``x_in``/``x_mid`` are the class token's (``norm1`` reads ``[x_in |
+    patches]``).
     """
 
     norm1: nn.Module | None
@@ -63,6 +72,7 @@ class BlockParts:
     fc2: nn.Linear
     mlp_scale: Callable[[torch.Tensor], torch.Tensor]
     num_heads: int
+    talking_heads: tuple[nn.Linear, nn.Linear] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,11 @@ class ModelParts:
             ``readout`` except for distilled DeiT, whose embedding is the mean of its two tokens).
         pool: the attention pool that replaces ``readout`` (it reads the last tokens, as many as it
             was given), or ``None``.
+        class_blocks: CaiT's class-attention blocks after ``blocks``: the class token (a parameter, not in
+            ``prefix``) joins there, ``x_cls ← x_cls + s₁(proj(A v))``, then
+            ``x_cls ← x_cls + s₂(mlp(norm2(x_cls)))``, with ``A = softmax(q(x̂_cls) k(x̂)ᵀ)`` over
+            ``x̂ = norm1([x_cls | patches])``; the patch tokens pass through unchanged and the final
+            tokens are ``[x_cls | patches]``. Empty for other models.
     """
 
     blocks: tuple[BlockParts, ...]
@@ -117,6 +132,7 @@ class ModelParts:
     readout: tuple[tuple[int, int | None], ...]
     embedding_readout: tuple[tuple[int, int | None], ...]
     pool: PoolParts | None = None
+    class_blocks: tuple[BlockParts, ...] = ()
 
 
 def is_identity(module: object) -> bool:
@@ -146,5 +162,6 @@ def model_parts(model: nn.Module) -> ModelParts:
             return family.parts(model)
     raise ValueError(
         f"{LRP_METHODS} does not cover {type(model).__name__}: it supports timm VisionTransformer, relative-"
-        "position ViTs, BEiT and Hugging Face ViTs. Use an attention method such as rollout or gae."
+        "position ViTs, BEiT, EVA, NaFlexViT, CaiT and Hugging Face ViTs. Use an attention method such as "
+        "rollout or gae."
     )

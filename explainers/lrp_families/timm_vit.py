@@ -1,5 +1,7 @@
 """timm's ViTs for the LRP rules: ``VisionTransformer`` (and distilled DeiT), ``VisionTransformerRelPos``,
-``Beit`` and ``Eva`` (EVA02, rope ViTs, PE, DINOv3 …: rotary position embeddings).
+``Beit``, ``Eva`` (EVA02, rope ViTs, PE, DINOv3 …: rotary position embeddings), ``NaFlexVit`` and
+``Cait`` (``LayerScaleBlock`` with talking-heads attention, then ``LayerScaleBlockClassAttn`` blocks in
+which the class token joins: :attr:`~explainers.lrp_families.ModelParts.class_blocks`).
 
 Readouts: ``global_pool='token'`` reads token 0; ``'avg'`` the mean of the pooled tokens (``fc_norm``
 after it, an identity for the rules like every norm); an ``AttentionPoolLatent`` (``'map'``) its latent
@@ -20,17 +22,13 @@ from torch import nn
 from . import LRP_METHODS, BlockParts, ModelParts, PoolParts, is_identity, optional_norm, recordable_norm
 
 _MODELS = (
-    "VisionTransformer", "VisionTransformerDistilled", "VisionTransformerRelPos", "Beit", "Eva", "NaFlexVit"
+    "VisionTransformer", "VisionTransformerDistilled", "VisionTransformerRelPos", "Beit", "Eva", "NaFlexVit",
+    "Cait",
 )
-#: Families the rules do not cover yet, with the reason.
-_NOT_COVERED = {
-    "Cait": "its patch blocks mix the heads before and after the softmax (talking heads), so the map the "
-    "recorder sees is not the one multiplied with V, and its class token joins in class-attention blocks",
-}
 
 
 def handles(model: nn.Module) -> bool:
-    return any(cls.__name__ in _MODELS or cls.__name__ in _NOT_COVERED for cls in type(model).__mro__)
+    return any(cls.__name__ in _MODELS for cls in type(model).__mro__)
 
 
 def _refuse(model: nn.Module, why: str) -> ValueError:
@@ -41,15 +39,13 @@ def _refuse(model: nn.Module, why: str) -> ValueError:
 
 
 def parts(model: nn.Module) -> ModelParts:
-    name = type(model).__name__
-    if name in _NOT_COVERED:
-        raise _refuse(model, _NOT_COVERED[name])
     embed = getattr(model, "patch_embed", None) or getattr(model, "embeds", None)  # NaFlexViT: embeds
     proj = getattr(embed, "proj", None)
     if not isinstance(proj, nn.Conv2d | nn.Linear):
         raise _refuse(model, "its patch embedding is not one convolution or linear layer")
     try:
         blocks = tuple(_block(block, _rotation(model, i)) for i, block in enumerate(model.blocks))
+        class_blocks = tuple(_class_block(block) for block in getattr(model, "blocks_token_only", None) or ())
         norm_pre, norm = (optional_norm(getattr(model, n, None)) for n in ("norm_pre", "norm"))
         patch_tokens = _patch_tokens(embed)
     except ValueError as error:
@@ -57,6 +53,8 @@ def parts(model: nn.Module) -> ModelParts:
     owner = embed if type(embed).__name__ == "NaFlexEmbeds" else model  # where the prefix tokens live
     names = ("cls_token", "dist_token", "reg_token")
     prefix = tuple(t for t in (getattr(owner, n, None) for n in names) if t is not None)
+    if class_blocks:  # CaiT: the class token joins in the class-attention blocks, not with the patches
+        prefix = ()
     heads = tuple(h for h in (model.head, getattr(model, "head_dist", None)) if isinstance(h, nn.Linear))
     if not heads and not is_identity(model.head):
         raise _refuse(model, f"its head is a {type(model.head).__name__}, not a linear classifier")
@@ -86,6 +84,7 @@ def parts(model: nn.Module) -> ModelParts:
         readout=readout,
         embedding_readout=embedding,
         pool=pool_parts if pool is not None else None,
+        class_blocks=class_blocks,
     )
 
 
@@ -138,7 +137,8 @@ def _block(block: nn.Module, rotate: Callable | None) -> BlockParts:
     kind = type(block).__name__
     attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
     post_norm = kind in ("ResPostBlock", "ResPostRelPosBlock")
-    if (kind not in ("Block", "RelPosBlock", "EvaBlock") and not post_norm) or attn is None or mlp is None:
+    plain = ("Block", "RelPosBlock", "EvaBlock", "LayerScaleBlock")
+    if (kind not in plain and not post_norm) or attn is None or mlp is None:
         raise ValueError(f"its {kind} blocks are not attention + MLP blocks with one residual each")
     norm1, norm2 = getattr(block, "norm1", None), getattr(block, "norm2", None)
     if not post_norm and not (recordable_norm(norm1) and recordable_norm(norm2)):
@@ -170,6 +170,40 @@ def _block(block: nn.Module, rotate: Callable | None) -> BlockParts:
         gated=gated,
         fc2=_linear(mlp.fc2, "MLP output"),
         mlp_scale=norm2 if post_norm else scale,
+        num_heads=int(attn.num_heads),
+        talking_heads=_talking_heads(attn),
+    )
+
+
+def _talking_heads(attn: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
+    """CaiT's ``TalkingHeadAttn``: ``(proj_l, proj_w)``, the head-mixing maps before and after the softmax."""
+    if type(attn).__name__ != "TalkingHeadAttn":
+        return None
+    return _linear(attn.proj_l, "talking-heads map"), _linear(attn.proj_w, "talking-heads map")
+
+
+def _class_block(block: nn.Module) -> BlockParts:
+    """CaiT's ``LayerScaleBlockClassAttn``: ``ClassAttn`` (``q`` from the class token, ``k, v`` from all
+    tokens) and a plain MLP, both after a LayerNorm and scaled by ``gamma_1``/``gamma_2``."""
+    kind, attn, mlp = type(block).__name__, getattr(block, "attn", None), getattr(block, "mlp", None)
+    kinds = (kind, type(attn).__name__, type(mlp).__name__)
+    if kinds != ("LayerScaleBlockClassAttn", "ClassAttn", "Mlp"):
+        raise ValueError(f"its class-attention {kind} blocks are not ClassAttn + MLP blocks")
+    if not (recordable_norm(block.norm1) and recordable_norm(block.norm2)):
+        raise ValueError(f"its class-attention blocks' norms are {type(block.norm1).__name__}")
+    gamma = block.gamma_2
+    return BlockParts(
+        norm1=block.norm1,
+        qkv=tuple(_linear(getattr(attn, c), "class attention's q/k/v projection") for c in "qkv"),
+        q_norm=None,
+        k_norm=None,
+        rotate=None,
+        proj=_linear(attn.proj, "class attention's output projection"),
+        norm2=block.norm2,
+        fc1=(_linear(mlp.fc1, "MLP input"),),
+        gated=False,
+        fc2=_linear(mlp.fc2, "MLP output"),
+        mlp_scale=lambda y: y * gamma,
         num_heads=int(attn.num_heads),
     )
 
