@@ -912,15 +912,15 @@ def _map_key(method: str, params: Mapping[str, Any], at: Scene) -> tuple:
 
 
 def expected_seconds(method: str, for_scene: Scene | None = None) -> float:
-    """Time per image of ``method`` on the current model: as last measured here, else the estimate its
-    declared :class:`~explainers.registry.Cost` gives from the capture's own time."""
+    """Time per image of ``method`` on the current model beyond the capture: as last measured here, else
+    the estimate its declared :class:`~explainers.registry.Cost` gives."""
     at = for_scene or scene()
     analysis = at.analysis
     measured = _timings().measured((analysis.key[:4], method))
     if measured is not None:
         return measured
     dims = {**at.dims, "num_tokens": analysis.capture.layout.num_tokens}
-    return get_explainer(method).cost.estimate_seconds(dims, analysis.seconds)
+    return get_explainer(method).cost.estimate_seconds(dims)
 
 
 def waits_for_request(method: str, *, for_scene: Scene | None = None, **overrides: Any) -> bool:

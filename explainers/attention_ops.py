@@ -68,8 +68,10 @@ def _kth_row(row: np.ndarray, k: int) -> tuple[float, int]:
         high_rank = int(min(max(position + margin, 0), sample.size - 1))
         bracket = np.partition(sample, (low_rank, high_rank))
         low, high = bracket[low_rank], bracket[high_rank]
-        below = int(np.count_nonzero(row < low))
-        inside = row[(row >= low) & (row <= high)]
+        keep = row >= low  # one comparison serves the count below and the bracket
+        below = size - int(np.count_nonzero(keep))
+        keep &= row <= high
+        inside = np.compress(keep, row)  # (np.compress: faster than boolean indexing)
         rank = k - below  # the answer's rank among the entries inside the bracket (1-based)
         if 1 <= rank <= inside.size:
             value = np.partition(inside, rank - 1)[rank - 1]

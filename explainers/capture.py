@@ -90,7 +90,7 @@ class Capture:
         tensors = [*self.attentions, *(self.gradients or ()), *(self.layer_gradients or ())]
         tensors += [self.logits, self.targets, self.pool_attention, self.pool_gradient, self.scores]
         if self.relevance is not None:
-            tensors += [*self.relevance.attention, self.relevance.tokens]
+            tensors += [*self.relevance.attention, self.relevance.tokens, self.relevance.pool]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def upto(self, stop: int) -> Capture:
@@ -132,7 +132,7 @@ class Capture:
             scores=pick(self.scores),
             relevance=None
             if rel is None
-            else Relevance(pick_all(rel.attention), pick(rel.tokens), pick(rel.position)),
+            else Relevance(pick_all(rel.attention), pick(rel.tokens), pick(rel.position), pick(rel.pool)),
         )
 
 
@@ -230,7 +230,8 @@ def capture(
         relevance: also propagate LRP relevance from each target back through the network
             (:mod:`explainers.relevance`; needed by ``lrp``, ``partial_lrp``, ``transformer_attribution``).
             The same forward pass records the activations the rules read; the propagation is tensor
-            maths after it, with no autograd. Class-token models only.
+            maths after it, with no autograd. Every family :mod:`explainers.lrp_families` covers (class
+            token, average pool, attention pool; similarity targets too); others get a ``ValueError``.
 
     The model is not modified in any way (see :mod:`explainers.recorder`), so this is safe to call from
     many threads on one shared model. CaiT's maps are laid out on all ``N = 1 + P`` tokens (see
@@ -244,11 +245,6 @@ def capture(
             raise ValueError(f"{what} the logits: capture with logits=True (the default)")
     if relevance:
         check_supported(model)
-        if layout.class_attention_from is not None:
-            raise ValueError(
-                "relevance propagation (lrp, partial_lrp, transformer_attribution) does not cover CaiT's "
-                "class-attention blocks: use rollout, grad_rollout, gae or raw_attention"
-            )
     if layer_gradients:
         check_layer_readout(model)
     similarity = target if isinstance(target, SimilarityTarget) else None
@@ -313,8 +309,10 @@ def capture(
     attentions, pool = _lay_out(tuple(a.detach() for a in maps), layout, pooled, store)
     gradients_out, pool_gradient = (None, None) if grads is None else _lay_out(grads, layout, pooled, store)
     lrp = None
-    if relevance:  # check_supported: a class-token ViT, so the recorded maps are the block maps as they are
-        lrp = propagate(model, recorder.inputs, recorder.outputs, maps, targets).to(store)
+    if relevance:  # check_supported: no late class token, so the recorded maps are the blocks' (and pool's)
+        embedding = None if similarity is None else (output.detach(), reference)
+        lrp = propagate(model, recorder.inputs, recorder.outputs, maps, targets, layout.grid, embedding)
+        lrp = lrp.to(store)
     return Capture(
         attentions=attentions,
         gradients=gradients_out,

@@ -108,7 +108,9 @@ class Cost:
     Attributes:
         layer_backwards: one partial backward per block, from the target score read at that block's
             tokens back to its attention (``capture(layer_gradients=True)``; LeGrad).
-        lrp_passes: relevance (LRP) passes through the whole model.
+        lrp_passes: relevance (LRP) passes from the target back through the whole model, made by the
+            capture after its forward pass (``capture(relevance=True)``, which also keeps the activations
+            the rules read; LRP family). A method with one reads ``capture.relevance``.
         max_flows: one maximum flow per token through the layered attention graph (``L·N²`` edges);
             this is the one cost that grows faster than a forward pass (about ``N³L``).
     """
@@ -123,7 +125,8 @@ class Cost:
 
     def describe(self, needs_gradients: bool, dims: Mapping[str, int]) -> str:
         """The passes in words for a model with these ``dims`` (``num_layers``, ``num_tokens``)."""
-        parts = ["forward" if needs_gradients or self.layer_backwards else "forward to the last attention"]
+        whole = needs_gradients or self.layer_backwards or self.lrp_passes  # reads the output
+        parts = ["forward" if whole else "forward to the last attention"]
         if needs_gradients:
             parts.append("backward")
         if self.layer_backwards:
@@ -135,15 +138,16 @@ class Cost:
             parts.append(f"{n} max-flows on {dims['num_layers']}·{n}² edges")
         return " + ".join(parts)
 
-    def estimate_seconds(self, dims: Mapping[str, int], pass_seconds: float) -> float:
-        """A first guess of the time per image beyond the capture (which already holds the per-layer
-        readouts when asked for them), from ``pass_seconds`` (one forward and backward on this model) and
-        :attr:`SECONDS_PER_FLOW_EDGE`; measure to know."""
-        seconds = pass_seconds * self.lrp_passes
-        if self.max_flows:
-            n = dims["num_tokens"]
-            seconds += self.SECONDS_PER_FLOW_EDGE * n * dims["num_layers"] * n * n
-        return seconds
+    def estimate_seconds(self, dims: Mapping[str, int]) -> float:
+        """A first guess of the time per image beyond the shared capture, from
+        :attr:`SECONDS_PER_FLOW_EDGE`; measure to know.
+
+        The capture already holds the per-layer readouts and the LRP relevance when asked for them, so only
+        the max-flows add to it (the other methods' maths after the capture take milliseconds)."""
+        if not self.max_flows:
+            return 0.0
+        n = dims["num_tokens"]
+        return self.SECONDS_PER_FLOW_EDGE * n * dims["num_layers"] * n * n
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,12 @@ class Explainer:
     needs_gradients: bool
     params: tuple[Param, ...]
     reference: str
-    needs_relevance: bool = False
     cost: Cost = Cost()
+
+    @property
+    def needs_relevance(self) -> bool:
+        """The method reads ``capture.relevance`` (its cost declares an LRP pass)."""
+        return self.cost.lrp_passes > 0
 
     @property
     def description(self) -> str:
@@ -190,8 +198,7 @@ class Explainer:
             )
         if self.needs_relevance and capture.relevance is None:
             raise ValueError(
-                f"{self.name} needs LRP relevance but this capture has none: capture with relevance=True "
-                "(class-token ViTs only)"
+                f"{self.name} needs LRP relevance but this capture has none: capture with relevance=True"
             )
         relevance = self.fn(capture, **values)
         return capture.layout.to_grid(relevance.float())
@@ -207,7 +214,6 @@ def register(
     needs_gradients: bool,
     params: tuple[Param, ...] = (),
     reference: str = "",
-    needs_relevance: bool = False,
     cost: Cost = Cost(),
 ) -> Callable[[ExplainerFn], ExplainerFn]:
     """Class-free registration: ``@register("rollout", label=..., needs_gradients=False, params=(...))``.
@@ -217,21 +223,21 @@ def register(
     the registry cuts them off and lays the patches on the grid).
 
     ``needs_gradients=True``: the method reads ``capture.gradients`` (taken for ``capture.targets``).
-    ``needs_gradients=False``: it reads only ``capture.attentions`` and ``capture.layout``, so
-    :func:`explainers.explain` stops the forward pass at the last attention map and gives it a capture
-    without logits. ``needs_relevance=True``: it reads ``capture.relevance`` (LRP, see
-    :mod:`explainers.relevance`), which the capture computes only when asked (``relevance=True``).
+    ``needs_gradients=False`` and nothing in ``cost``: it reads only ``capture.attentions`` and
+    ``capture.layout``, so :func:`explainers.explain` stops the forward pass at the last attention map
+    and gives it a capture without logits.
 
-    ``cost``: the passes the method needs beyond the capture (:class:`Cost`; the default: none). With
-    ``cost.layer_backwards`` the method reads ``capture.layer_gradients``.
+    ``cost``: the passes the method needs besides the forward (and, with ``needs_gradients``, backward)
+    pass (:class:`Cost`; the default: none). With ``cost.layer_backwards`` the method reads
+    ``capture.layer_gradients``; with ``cost.lrp_passes`` it reads ``capture.relevance`` (LRP, see
+    :mod:`explainers.relevance`); the capture computes each only when asked (``layer_gradients=True``,
+    ``relevance=True``).
     """
 
     def decorate(fn: ExplainerFn) -> ExplainerFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"an explainer named {name!r} is already registered")
-        _REGISTRY[name] = Explainer(
-            name, label, fn, needs_gradients, tuple(params), reference, needs_relevance, cost
-        )
+        _REGISTRY[name] = Explainer(name, label, fn, needs_gradients, tuple(params), reference, cost)
         return fn
 
     return decorate

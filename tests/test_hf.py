@@ -74,10 +74,6 @@ def _families():
 FAMILIES = list(_families())
 #: What each classifier reads (transformers' own heads): the class token, or the mean of the patch tokens.
 READOUT = {name: "mean" if name in ("beit_mean", "data2vec_vision", "ijepa") else "cls" for name in FAMILIES}
-#: Methods every family must explain (the LRP family needs timm's own modules and may refuse).
-ATTENTION_METHODS = (
-    "rollout", "grad_rollout", "raw_attention", "gae", "attention_flow", "attn_gradcam", "legrad"
-)
 
 
 @pytest.fixture(scope="module")
@@ -157,19 +153,19 @@ def test_to_display_undoes_the_processors_normalisation(loaded):
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("method", explainers.list_explainers())
 def test_every_method_gives_finite_nonnegative_maps_of_the_grid(loaded, photo, name, method):
-    """The attention methods (LeGrad included) explain every family; the methods that need timm's own
-    modules (the LRP family) may refuse, with a ValueError only."""
+    """Every registered method explains every family."""
     model = loaded[name]
     x = torch.stack([model.preprocess(photo), model.preprocess(photo.rotate(90))])
-    try:
-        maps = explainers.explain(model.model, x, method)
-    except ValueError:
-        assert method not in ATTENTION_METHODS, method
-        return
+    maps = explainers.explain(model.model, x, method)
     assert maps.shape == (2, 4, 4)
     assert torch.isfinite(maps).all() and (maps >= 0).all()
-    # attention Grad-CAM is the ReLU of a signed head-weighted sum: on a random tiny model it may be all zero
-    assert maps.std() > 0 or method == "attn_gradcam"
+    # attention Grad-CAM is the ReLU of a signed head-weighted sum: on a random tiny model it may be all zero;
+    # Transformer Attribution read by a mean adds the readout row 1_S/|S| itself, next to which the
+    # near-uniform attention of a tiny random model is below float32 resolution (test_relevance_readouts
+    # checks it on peaked weights)
+    mean_ta = method == "transformer_attribution" and READOUT[name] == "mean"
+    flat_allowed = method == "attn_gradcam" or mean_ta
+    assert maps.std() > 0 or flat_allowed
 
 
 def _readout_row(n: int, prefix: int, readout: str) -> torch.Tensor:

@@ -6,7 +6,7 @@ from torch import nn
 
 import explainers
 from explainers import get_explainer, registry
-from explainers.registry import Cost
+from explainers.registry import Cost, capture_options
 from tests.conftest import make_vit
 
 
@@ -137,18 +137,30 @@ def test_every_method_declares_its_cost():
     dims = {"num_layers": 12, "num_heads": 3, "num_tokens": 197}
     described = {
         name: get_explainer(name).cost.describe(get_explainer(name).needs_gradients, dims)
-        for name in ("rollout", "gae", "legrad", "attention_flow")
+        for name in explainers.list_explainers()
     }
     assert described == {
         "rollout": "forward to the last attention",
+        "raw_attention": "forward to the last attention",
         "gae": "forward + backward",
+        "grad_rollout": "forward + backward",
+        "attn_gradcam": "forward + backward",
         "legrad": "forward + 12 partial backwards (one per block)",
+        "lrp": "forward + 1 LRP pass",
+        "partial_lrp": "forward + 1 LRP pass",
+        "transformer_attribution": "forward + backward + 1 LRP pass",
         "attention_flow": "forward to the last attention + 197 max-flows on 12·197² edges",
     }
+    for name in explainers.list_explainers():  # what each method reads is what its cost declares
+        explainer = get_explainer(name)
+        assert explainer.needs_relevance == (name in {"lrp", "partial_lrp", "transformer_attribution"})
+        assert capture_options([name])["relevance"] == explainer.needs_relevance
+        assert capture_options([name])["layer_gradients"] == explainer.cost.layer_backwards
     for name in explainers.list_explainers():  # only max-flows cost more than the shared capture
-        seconds = get_explainer(name).cost.estimate_seconds(dims, pass_seconds=0.05)
+        seconds = get_explainer(name).cost.estimate_seconds(dims)
         assert (seconds > 1.0) == get_explainer(name).cost.max_flows
+        assert (seconds == 0.0) != get_explainer(name).cost.max_flows
     flow = get_explainer("attention_flow").cost
-    small = flow.estimate_seconds({"num_layers": 5, "num_tokens": 65}, 0.01)
-    assert small < 0.1 < 1.0 < flow.estimate_seconds(dims, 0.05)  # the embedded model: at once
+    small = flow.estimate_seconds({"num_layers": 5, "num_tokens": 65})
+    assert small < 0.1 < 1.0 < flow.estimate_seconds(dims)  # the embedded model: at once
     assert Cost(lrp_passes=2).describe(True, dims) == "forward + backward + 2 LRP passes"

@@ -135,20 +135,6 @@ def test_a_capture_without_relevance_is_refused(deit_tiny, images):
         explainers.compute(cap, "partial_lrp")
 
 
-@pytest.mark.parametrize(
-    ("name", "kwargs", "message"),
-    [
-        ("vit_tiny_patch16_224", {"global_pool": "avg"}, "class-token readout only .* global_pool='avg'"),
-        ("deit_tiny_distilled_patch16_224", {}, "with a distillation token"),
-    ],
-)
-def test_other_readouts_are_refused_with_the_supported_one_named(name, kwargs, message):
-    model = make_vit(name, **kwargs)
-    images = torch.randn(1, 3, 224, 224)
-    with pytest.raises(ValueError, match=message):
-        explainers.explain(model, images, "transformer_attribution")
-
-
 def test_fused_and_unfused_attention_give_the_same_relevance(images):
     model = make_vit("deit_tiny_patch16_224")
     maps = {}
