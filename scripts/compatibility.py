@@ -149,12 +149,13 @@ def build(name: str) -> tuple[torch.nn.Module, explainers.ModelDescription]:
 
 
 def short(exc: Exception) -> str:
-    """A cell: ``refused: <reason>`` for the library's ``ValueError``, ``error: <type>: <message>`` else."""
+    """A cell: ``refused: <reason>`` (the first sentence of the library's ``ValueError``: what and why),
+    ``error: <type>: <message>`` else."""
     if isinstance(exc, ValueError):
-        text = "refused: " + str(exc).split(":")[0]
+        text = "refused: " + str(exc).split(". ")[0]
     else:
         text = f"error: {type(exc).__name__}: {exc}"
-    return text.replace("|", "/").replace("\n", " ")[:100]
+    return text.replace("|", "/").replace("\n", " ")[:200]
 
 
 def check(name: str, methods: list[str]) -> tuple[str, list[str]]:

@@ -7,7 +7,9 @@ Every page must work offline: a test fails if the browser asks anything of a hos
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -221,6 +223,26 @@ def screenshot(page, tmp_path: Path, name: str, expected: tuple[int, int], start
     clip = {"x": 0, "y": top, "width": 1400, "height": height - top}
     page.screenshot(path=str(folder / f"{name}.png"), clip=clip)
     assert (folder / f"{name}.png").stat().st_size > 10_000
+
+
+def test_the_load_tests_protocol_client_receives_what_a_tab_shows(open_page, server):
+    """``benchmarks/load_test.py --client protocol``: the same images, in the same order, as one Chromium
+    tab receives for the same link (media URLs are content hashes: the same pictures)."""
+    from benchmarks.streamlit_client import Session
+
+    page = open_page("/?page=compare")
+    wait_until_idle(page, *EXPECTED["compare"])
+    shown = [urlsplit(src).path for src in page.locator(FIRST_MAP).evaluate_all("all => all.map(i => i.src)")]
+
+    async def protocol() -> list[str]:
+        async with Session(server, timeout=120) as session:
+            await session.open("/?page=compare")
+            return session.main_images()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:  # outside Playwright's event loop
+        received = thread.submit(asyncio.run, protocol()).result(timeout=180)
+    assert len(shown) >= EXPECTED["compare"][0]
+    assert received == shown
 
 
 @pytest.mark.parametrize("name", PAGES)

@@ -2,8 +2,8 @@
 attention pool, CaiT's late class token, headless similarity.
 
 Each is compared with an independent computation: the model's forward written out block by block
-(explicit softmax per block and for the pool, ``tests/test_readouts.py``'s ``manual_vit`` written again
-here keeping every block's tokens), gradients by autograd through it, the formula as a plain float64
+(explicit softmax per block and for the pool, ``tests/manual_models.py``, keeping every block's
+tokens), gradients by autograd through it, the formula as a plain float64
 loop, and attention flow by networkx's maximum flow on the super-source graph.
 """
 
@@ -14,64 +14,17 @@ import torch
 from networkx.algorithms.flow import edmonds_karp
 
 import explainers
+from tests import manual_models
 from tests.conftest import make_vit
 
 TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 NEW = ("attn_gradcam", "attention_flow", "legrad")
 
 
-def _attend(q, k, v, scale, kept):
-    attention = ((q * scale) @ k.transpose(-2, -1)).softmax(-1)
-    kept.append(attention)
-    return attention @ v
-
-
-def manual_pool(model, x, kept):
-    """SigLIP's AttentionPoolLatent on the normed tokens ``x``, written out; its attention is kept."""
-    p = model.attn_pool
-    tokens = x if model.pool_include_prefix else x[:, model.num_prefix_tokens :]
-    b, n, c = tokens.shape
-    q = p.q(p.latent).reshape(1, 1, p.num_heads, p.head_dim).transpose(1, 2)
-    k, v = p.kv(tokens).reshape(b, n, 2, p.num_heads, p.head_dim).permute(2, 0, 3, 1, 4)
-    out = p.proj(_attend(q, k, v, p.scale, kept).transpose(1, 2).reshape(b, 1, c))
-    return (out + p.mlp(p.norm(out)))[:, 0]
-
-
-def manual_head(model, x, pre_logits=False):
-    """The readout of normed tokens: attention pool, mean of the patch tokens, or the class token."""
-    if getattr(model, "head_dist", None) is not None:  # distilled DeiT: class and distillation tokens
-        return (model.head(x[:, 0]) + model.head_dist(x[:, 1])) / 2
-    if model.attn_pool is not None:
-        x = manual_pool(model, x, [])
-    elif model.global_pool == "avg":
-        x = x[:, model.num_prefix_tokens :].mean(1)
-    else:
-        x = x[:, 0]
-    x = model.fc_norm(x)
-    return x if pre_logits else classify(model, x)
-
-
-def classify(model, features):
-    """The classifier; distilled DeiT averages its two heads (on the same features here)."""
-    if getattr(model, "head_dist", None) is not None:
-        return (model.head(features) + model.head_dist(features)) / 2
-    return model.head(features)
-
-
 def manual_vit(model, images):
-    """A timm VisionTransformer written out block by block: ``(logits, attentions, block tokens)``."""
-    attentions, tokens = [], []
-    x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
-    for blk in model.blocks:
-        y = blk.norm1(x)
-        b, n, c = y.shape
-        h = blk.attn.num_heads
-        q, k, v = blk.attn.qkv(y).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-        out = _attend(q, k, v, blk.attn.scale, attentions).transpose(1, 2).reshape(b, n, c)
-        x = x + blk.ls1(blk.attn.proj(out))
-        x = x + blk.ls2(blk.mlp(blk.norm2(x)))
-        tokens.append(x)
-    return manual_head(model, model.norm(x)), attentions, tokens
+    """``(logits, block attentions, block tokens)`` of the hand-written forward (``manual_models``)."""
+    logits, attentions, _, tokens = manual_models.vit(model, images)
+    return logits, attentions, tokens
 
 
 def peaked(model):
@@ -118,7 +71,7 @@ def test_attn_gradcam_matches_a_plain_loop(name, kwargs, readout):
     pool = []
     if readout == "attention_pool":
         _, attentions, tokens = manual_vit(model, images)
-        logits = model.head(model.fc_norm(manual_pool(model, model.norm(tokens[-1]), pool)))
+        logits = model.head(model.fc_norm(manual_models.attention_pool(model, model.norm(tokens[-1]), pool)))
     target = 1
     last = pool[0] if pool else attentions[-1]  # the pool's attention is the last attention step
     (grad,) = torch.autograd.grad(logits[:, target].sum(), last)
@@ -178,7 +131,7 @@ def test_attention_flow_from_a_super_source_matches_networkx(name, kwargs, reado
         _, attentions, tokens = manual_vit(model, images)
         pool = []
         if readout == "attention_pool":
-            manual_pool(model, model.norm(tokens[-1]), pool)
+            manual_models.attention_pool(model, model.norm(tokens[-1]), pool)
     cap = explainers.capture(model, images, gradients=False, logits=False)
     layout = cap.layout
     maps = explainers.compute(cap, "attention_flow").reshape(2, -1).double().numpy()
@@ -213,13 +166,13 @@ def legrad_reference(model, images, target, layout, start=0, reference=None):
         x = tokens[layer]
         if layout.readout == "attention_pool":
             kept = []
-            embedding = model.fc_norm(manual_pool(model, model.norm(x), kept))
+            embedding = model.fc_norm(manual_models.attention_pool(model, model.norm(x), kept))
             attention = kept[0]
         else:
             embedding = model.fc_norm(model.norm(x.mean(dim=1)))
             attention = attentions[layer]
         if reference is None:
-            score = classify(model, embedding)[:, target]
+            score = manual_models.classify(model, embedding)[:, target]
         else:
             score = torch.nn.functional.cosine_similarity(embedding, reference[None], dim=-1)
         (grad,) = torch.autograd.grad(score.sum(), attention, retain_graph=True)
@@ -258,46 +211,14 @@ def test_legrad_explains_a_headless_similarity():
         assert (want.std(axis=1) > 0).all()
 
 
-def manual_cait_tokens(model, images):
-    """CaiT written out (talking-heads patch blocks, then class attention): attentions and each step's
-    tokens (patch blocks: the patches; class-attention steps: [class token, patches])."""
-    attentions, tokens = [], []
-    x = model.patch_embed(images) + model.pos_embed
-    for blk in model.blocks:
-        y = blk.norm1(x)
-        b, n, c = y.shape
-        a = blk.attn
-        q, k, v = a.qkv(y).reshape(b, n, 3, a.num_heads, c // a.num_heads).permute(2, 0, 3, 1, 4)
-        scores = a.proj_l(((q * a.scale) @ k.transpose(-2, -1)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        softmax = scores.softmax(-1)
-        attentions.append(softmax)
-        mixed = a.proj_w(softmax.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        x = x + blk.gamma_1 * a.proj((mixed @ v).transpose(1, 2).reshape(b, n, c))
-        x = x + blk.gamma_2 * blk.mlp(blk.norm2(x))
-        tokens.append(x)
-    cls = model.cls_token.expand(x.shape[0], -1, -1)
-    for blk in model.blocks_token_only:
-        u = blk.norm1(torch.cat((cls, x), dim=1))
-        b, n, c = u.shape
-        a = blk.attn
-        h = a.num_heads
-        q = a.q(u[:, :1]).reshape(b, 1, h, c // h).transpose(1, 2)
-        k = a.k(u).reshape(b, n, h, c // h).transpose(1, 2)
-        v = a.v(u).reshape(b, n, h, c // h).transpose(1, 2)
-        out = a.proj(_attend(q, k, v, a.scale, attentions).transpose(1, 2).reshape(b, 1, c))
-        cls = cls + blk.gamma_1 * out
-        cls = cls + blk.gamma_2 * blk.mlp(blk.norm2(cls))
-        tokens.append(torch.cat((cls, x), dim=1))
-    return model.head(model.norm(tokens[-1])[:, 0]), attentions, tokens
-
-
 def test_legrad_on_cait_reads_patch_blocks_and_class_attention_steps():
     """Patch blocks: s_l from the mean of the patches, ∂/∂ their P×P attention; class-attention steps: s_l
     from the mean of [class token, patches], ∂/∂ the class token's row."""
     model = make_vit("cait_xxs24_224", **TINY, img_size=32, patch_size=8, init_values=1.0, num_classes=4)
     model = model.double()
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
-    logits, attentions, tokens = manual_cait_tokens(model, images)
+    logits, patches, classes, tokens = manual_models.cait(model, images)
+    attentions = patches + classes
     torch.testing.assert_close(logits, model(images))
     cap = explainers.capture(model, images, target=2, gradients=False, layer_gradients=True)
     torch.testing.assert_close(cap.logits, logits.detach())  # the step-by-step pass is the model's own

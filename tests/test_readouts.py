@@ -12,7 +12,7 @@ import torch
 
 import explainers
 from explainers import Capture, TokenLayout
-from tests import reference
+from tests import manual_models, reference
 from tests.conftest import make_vit
 
 TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2}
@@ -20,72 +20,16 @@ METHODS = ["rollout", "grad_rollout", "gae", "raw_attention"]
 PARAMS = {"rollout": {"discard_ratio": 0.5}, "grad_rollout": {"discard_ratio": 0.3}}
 
 
-def _attend(q, k, v, scale, kept):
-    attention = ((q * scale) @ k.transpose(-2, -1)).softmax(-1)
-    kept.append(attention)
-    return attention @ v
-
-
 def manual_vit(model, images):
-    """Logits of a timm VisionTransformer (or NaFlexViT on images) written out block by block; the
-    attention maps it used."""
-    blocks, pool = [], []
-    if hasattr(model, "embeds"):  # NaFlexViT: patches + position embedding + prefix tokens
-        x = model.embeds(images)[0]
-    else:
-        x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
-    for blk in model.blocks:
-        y = blk.norm1(x)
-        b, n, c = y.shape
-        h = blk.attn.num_heads
-        q, k, v = blk.attn.qkv(y).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-        out = _attend(q, k, v, blk.attn.scale, blocks).transpose(1, 2).reshape(b, n, c)
-        x = x + blk.ls1(blk.attn.proj(out))
-        x = x + blk.ls2(blk.mlp(blk.norm2(x)))
-    x = model.norm(x)
-    if model.attn_pool is not None:
-        p = model.attn_pool
-        tokens = x[:, model.num_prefix_tokens :]
-        b, n, c = tokens.shape
-        q = p.q(p.latent).reshape(1, 1, p.num_heads, p.head_dim).transpose(1, 2)
-        k, v = p.kv(tokens).reshape(b, n, 2, p.num_heads, p.head_dim).permute(2, 0, 3, 1, 4)
-        out = p.proj(_attend(q, k, v, p.scale, pool).transpose(1, 2).reshape(b, 1, c))
-        x = (out + p.mlp(p.norm(out)))[:, 0]
-    elif model.global_pool == "avg":
-        x = x[:, model.num_prefix_tokens :].mean(1)
-    else:
-        x = x[:, 0]
-    return model.head(model.fc_norm(x)), blocks, pool
+    """Logits, block attentions and pool attention of the hand-written forward (``manual_models``)."""
+    logits, blocks, pool, _ = manual_models.vit(model, images)
+    return logits, blocks, pool
 
 
 def manual_cait(model, images):
     """CaiT written out: talking-heads patch blocks, then class attention from the class token."""
-    patches, classes = [], []
-    x = model.patch_embed(images) + model.pos_embed
-    for blk in model.blocks:
-        y = blk.norm1(x)
-        b, n, c = y.shape
-        a = blk.attn
-        q, k, v = a.qkv(y).reshape(b, n, 3, a.num_heads, c // a.num_heads).permute(2, 0, 3, 1, 4)
-        scores = a.proj_l(((q * a.scale) @ k.transpose(-2, -1)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        softmax = scores.softmax(-1)
-        patches.append(softmax)
-        mixed = a.proj_w(softmax.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        x = x + blk.gamma_1 * a.proj((mixed @ v).transpose(1, 2).reshape(b, n, c))
-        x = x + blk.gamma_2 * blk.mlp(blk.norm2(x))
-    cls = model.cls_token.expand(x.shape[0], -1, -1)
-    for blk in model.blocks_token_only:
-        u = blk.norm1(torch.cat((cls, x), dim=1))
-        b, n, c = u.shape
-        a = blk.attn
-        h = a.num_heads
-        q = a.q(u[:, :1]).reshape(b, 1, h, c // h).transpose(1, 2)
-        k = a.k(u).reshape(b, n, h, c // h).transpose(1, 2)
-        v = a.v(u).reshape(b, n, h, c // h).transpose(1, 2)
-        out = a.proj(_attend(q, k, v, a.scale, classes).transpose(1, 2).reshape(b, 1, c))
-        cls = cls + blk.gamma_1 * out
-        cls = cls + blk.gamma_2 * blk.mlp(blk.norm2(cls))
-    return model.head(model.norm(torch.cat((cls, x), dim=1))[:, 0]), patches, classes
+    logits, patches, classes, _ = manual_models.cait(model, images)
+    return logits, patches, classes
 
 
 def manual_capture(forward, model, images, target):
