@@ -57,6 +57,16 @@ def add_rule(x, y, r):
     return rx * _div(_div(sx.abs(), norm) * total, sx), ry * _div(_div(sy.abs(), norm) * total, sy)
 
 
+
+def _through_mlp_and_proj(s_, p, b, r, heads):
+    """A pre-norm block's MLP residual, its attention residual and ``proj``: ``(R_skip, R_o per head)``."""
+    r_skip, r_mlp = add_rule(s_["x_mid"], s_["x_out"] - s_["x_mid"], r)
+    r_g = lin_rule(s_["g"], p[b + "mlp.fc2.weight"], r_mlp)
+    r = r_skip + lin_rule(s_["h2"], p[b + "mlp.fc1.weight"], r_g)
+    r_skip, r_branch = add_rule(s_["x_in"], s_["x_mid"] - s_["x_in"], r)
+    r_o = lin_rule(s_["o"], p[b + "attn.proj.weight"], r_branch)
+    return r_skip, r_o.reshape(r.shape[0], heads, -1).transpose(0, 1)
+
 def forward_and_relevance(model, image, target, reference=None):
     """``(logits or embedding, token relevance (N,), position relevance, [R_A per block], R_pool)`` for one
     image ``(3, H, W)``; ``reference``: explain ``cos(e, reference)`` instead of the class ``target``."""
@@ -147,12 +157,8 @@ def forward_and_relevance(model, image, target, reference=None):
     attention = []
     for i in reversed(range(depth)):
         b, s_ = f"blocks.{i}.", saved[i]
-        r_skip, r_mlp = add_rule(s_["x_mid"], s_["x_out"] - s_["x_mid"], r)
-        r_g = lin_rule(s_["g"], p[b + "mlp.fc2.weight"], r_mlp)
-        r = r_skip + lin_rule(s_["h2"], p[b + "mlp.fc1.weight"], r_g)
-        r_skip, r_branch = add_rule(s_["x_in"], s_["x_mid"] - s_["x_in"], r)
         n = r.shape[0]
-        r_o = lin_rule(s_["o"], p[b + "attn.proj.weight"], r_branch).reshape(n, heads, -1).transpose(0, 1)
+        r_skip, r_o = _through_mlp_and_proj(s_, p, b, r, heads)
         r_a, r_v = matmul_rule(s_["a"], s_["v"], r_o)
         r_q, r_kt = matmul_rule(s_["q"], s_["k"].transpose(-1, -2), r_a)
         r_qkv = torch.stack([r_q, r_kt.transpose(-1, -2), r_v]).permute(2, 0, 1, 3).reshape(n, -1)
@@ -248,12 +254,8 @@ def cait_forward_and_relevance(model, image, target):
         attention.append(r_a)
     for i in reversed(range(len(saved))):
         b, s_ = f"blocks.{i}.", saved[i]
-        r_skip, r_mlp = add_rule(s_["x_mid"], s_["x_out"] - s_["x_mid"], r)
-        r_g = lin_rule(s_["g"], p[b + "mlp.fc2.weight"], r_mlp)
-        r = r_skip + lin_rule(s_["h2"], p[b + "mlp.fc1.weight"], r_g)
-        r_skip, r_branch = add_rule(s_["x_in"], s_["x_mid"] - s_["x_in"], r)
         n = r.shape[0]
-        r_o = lin_rule(s_["o"], p[b + "attn.proj.weight"], r_branch).reshape(n, heads, -1).transpose(0, 1)
+        r_skip, r_o = _through_mlp_and_proj(s_, p, b, r, heads)
         r_mixed, r_v = matmul_rule(s_["mixed"], s_["v"], r_o)
         r_a = heads_rule(s_["a"], p[b + "attn.proj_w.weight"], r_mixed)
         r_s = heads_rule(s_["s"], p[b + "attn.proj_l.weight"], r_a)  # softmax: identity
