@@ -153,6 +153,13 @@ def optional_norm(module: object) -> nn.Module | None:
     raise ValueError(f"a {type(module).__name__} the recorder cannot read")
 
 
+def as_linear(module: object, what: str) -> nn.Linear:
+    """``module`` when it is a linear layer (the rules' weights), else a ``ValueError`` naming ``what``."""
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"its {what} is a {type(module).__name__}, not a linear layer")
+    return module
+
+
 def model_parts(model: nn.Module) -> ModelParts:
     """The parts of ``model`` for the LRP rules, or a ``ValueError`` naming the model and saying why not."""
     from . import hf, timm_vit

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import LRP_METHODS, BlockParts, ModelParts, is_identity, optional_norm, recordable_norm
+from . import LRP_METHODS, BlockParts, ModelParts, as_linear, is_identity, optional_norm, recordable_norm
 
 
 def handles(model: nn.Module) -> bool:
@@ -80,22 +80,16 @@ def parts(model: nn.Module) -> ModelParts:
     )
 
 
-def _linear(module: object, what: str) -> nn.Linear:
-    if not isinstance(module, nn.Linear):
-        raise ValueError(f"no linear {what} found ({type(module).__name__})")
-    return module
-
-
 def _block(layer: nn.Module, num_heads: int) -> BlockParts:
     norm1, norm2 = _first(layer, "layernorm_before", "norm1"), _first(layer, "layernorm_after", "norm2")
     if not (recordable_norm(norm1) and recordable_norm(norm2)):
         raise ValueError(f"its {type(layer).__name__} has no pre-norm LayerNorms the recorder can read")
     attention = layer.attention
     qkv = tuple(
-        _linear(_first(attention, f"{c}_proj", f"attention.{name}"), f"{name} projection")
+        as_linear(_first(attention, f"{c}_proj", f"attention.{name}"), f"{name} projection")
         for c, name in (("q", "query"), ("k", "key"), ("v", "value"))
     )
-    proj = _linear(_first(attention, "o_proj", "output.dense"), "attention output projection")
+    proj = as_linear(_first(attention, "o_proj", "output.dense"), "attention output projection")
     mlp = getattr(layer, "mlp", None)
     if _first(mlp, "gate_proj") is not None:  # SwiGLU: down(silu(gate(x)) ⊙ up(x))
         fc1, fc2, gated = (mlp.gate_proj, mlp.up_proj), mlp.down_proj, True
@@ -104,7 +98,7 @@ def _block(layer: nn.Module, num_heads: int) -> BlockParts:
     else:
         fc1 = (_first(layer, "mlp.fc1", "intermediate.dense"),)
         fc2, gated = _first(layer, "mlp.fc2", "output.dense"), False
-    fc1 = tuple(_linear(m, "MLP input projection") for m in fc1)
+    fc1 = tuple(as_linear(m, "MLP input projection") for m in fc1)
     scale = _first(layer, "layer_scale2", "lambda_2")
     mlp_scale = scale if isinstance(scale, nn.Module) else (lambda y, s=scale: y * s if s is not None else y)
     return BlockParts(
@@ -117,7 +111,7 @@ def _block(layer: nn.Module, num_heads: int) -> BlockParts:
         norm2=norm2,
         fc1=fc1,
         gated=gated,
-        fc2=_linear(fc2, "MLP output projection"),
+        fc2=as_linear(fc2, "MLP output projection"),
         mlp_scale=mlp_scale,
         num_heads=num_heads,
     )

@@ -19,7 +19,16 @@ import torch
 from timm.layers import apply_rot_embed_cat
 from torch import nn
 
-from . import LRP_METHODS, BlockParts, ModelParts, PoolParts, is_identity, optional_norm, recordable_norm
+from . import (
+    LRP_METHODS,
+    BlockParts,
+    ModelParts,
+    PoolParts,
+    as_linear,
+    is_identity,
+    optional_norm,
+    recordable_norm,
+)
 
 _MODELS = (
     "VisionTransformer", "VisionTransformerDistilled", "VisionTransformerRelPos", "Beit", "Eva", "NaFlexVit",
@@ -88,12 +97,6 @@ def parts(model: nn.Module) -> ModelParts:
     )
 
 
-def _linear(module: object, what: str) -> nn.Linear:
-    if not isinstance(module, nn.Linear):
-        raise ValueError(f"its {what} is a {type(module).__name__}, not a linear layer")
-    return module
-
-
 def _patch_tokens(embed: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The patch embeddings from the projection's recorded input and output. NaFlexViT adds its position
     embedding to the projection's output in place, so there they are the projection of its input again
@@ -149,11 +152,11 @@ def _block(block: nn.Module, rotate: Callable | None) -> BlockParts:
         raise ValueError("its grouped-query attention shares keys and values between heads")
     fused = getattr(attn, "qkv", None)
     qkv = (fused,) if fused is not None else tuple(getattr(attn, f"{c}_proj", None) for c in "qkv")
-    qkv = tuple(_linear(m, "q/k/v projection") for m in qkv)
+    qkv = tuple(as_linear(m, "q/k/v projection") for m in qkv)
     if hasattr(mlp, "fc1_g"):  # SwiGLU: act(fc1_g(x)) ⊙ fc1_x(x)
-        fc1, gated = (_linear(mlp.fc1_g, "MLP gate"), _linear(mlp.fc1_x, "MLP input")), True
+        fc1, gated = (as_linear(mlp.fc1_g, "MLP gate"), as_linear(mlp.fc1_x, "MLP input")), True
     elif type(mlp).__name__ in ("Mlp", "GluMlp") and getattr(mlp, "chunk_dim", -1) == -1:
-        fc1, gated = (_linear(mlp.fc1, "MLP input"),), type(mlp).__name__ == "GluMlp"
+        fc1, gated = (as_linear(mlp.fc1, "MLP input"),), type(mlp).__name__ == "GluMlp"
     else:
         raise ValueError(f"its MLP is a {type(mlp).__name__}, not a plain, GLU or SwiGLU MLP")
     gamma = getattr(block, "gamma_2", None)
@@ -164,11 +167,11 @@ def _block(block: nn.Module, rotate: Callable | None) -> BlockParts:
         q_norm=optional_norm(getattr(attn, "q_norm", None)),
         k_norm=optional_norm(getattr(attn, "k_norm", None)),
         rotate=rotate,
-        proj=_linear(attn.proj, "attention output projection"),
+        proj=as_linear(attn.proj, "attention output projection"),
         norm2=None if post_norm else norm2,
         fc1=fc1,
         gated=gated,
-        fc2=_linear(mlp.fc2, "MLP output"),
+        fc2=as_linear(mlp.fc2, "MLP output"),
         mlp_scale=norm2 if post_norm else scale,
         num_heads=int(attn.num_heads),
         talking_heads=_talking_heads(attn),
@@ -179,7 +182,7 @@ def _talking_heads(attn: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
     """CaiT's ``TalkingHeadAttn``: ``(proj_l, proj_w)``, the head-mixing maps before and after the softmax."""
     if type(attn).__name__ != "TalkingHeadAttn":
         return None
-    return _linear(attn.proj_l, "talking-heads map"), _linear(attn.proj_w, "talking-heads map")
+    return as_linear(attn.proj_l, "talking-heads map"), as_linear(attn.proj_w, "talking-heads map")
 
 
 def _class_block(block: nn.Module) -> BlockParts:
@@ -194,15 +197,15 @@ def _class_block(block: nn.Module) -> BlockParts:
     gamma = block.gamma_2
     return BlockParts(
         norm1=block.norm1,
-        qkv=tuple(_linear(getattr(attn, c), "class attention's q/k/v projection") for c in "qkv"),
+        qkv=tuple(as_linear(getattr(attn, c), "class attention's q/k/v projection") for c in "qkv"),
         q_norm=None,
         k_norm=None,
         rotate=None,
-        proj=_linear(attn.proj, "class attention's output projection"),
+        proj=as_linear(attn.proj, "class attention's output projection"),
         norm2=block.norm2,
-        fc1=(_linear(mlp.fc1, "MLP input"),),
+        fc1=(as_linear(mlp.fc1, "MLP input"),),
         gated=False,
-        fc2=_linear(mlp.fc2, "MLP output"),
+        fc2=as_linear(mlp.fc2, "MLP output"),
         mlp_scale=lambda y: y * gamma,
         num_heads=int(attn.num_heads),
     )
@@ -224,10 +227,10 @@ def _pool(model: nn.Module, pool: nn.Module) -> PoolParts:
 
     return PoolParts(
         query=query,
-        kv=_linear(pool.kv, "attention pool's key/value projection"),
+        kv=as_linear(pool.kv, "attention pool's key/value projection"),
         k_norm=k_norm,
-        proj=_linear(pool.proj, "attention pool's output projection"),
-        fc1=_linear(pool.mlp.fc1, "attention pool's MLP"),
-        fc2=_linear(pool.mlp.fc2, "attention pool's MLP"),
+        proj=as_linear(pool.proj, "attention pool's output projection"),
+        fc1=as_linear(pool.mlp.fc1, "attention pool's MLP"),
+        fc2=as_linear(pool.mlp.fc2, "attention pool's MLP"),
         num_heads=int(pool.num_heads),
     )
